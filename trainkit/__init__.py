@@ -1,0 +1,31 @@
+"""trainkit: the one sharded-training runtime that tga_jax and comploss_jax share.
+
+A trainer reads top to bottom:
+
+    mesh = trainkit.make_mesh(config.mesh)
+    tx, schedule, trainable = trainkit.make_optimizer(config.optimizer, config.total_steps, abstract_params)
+    state, shardings = trainkit.create_train_state(init_params, tx, mesh, config.rules, config.seed)
+    step = trainkit.make_train_step(loss_fn, tx, shardings, trainkit.batch_sharding(mesh, config.rules),
+                                    mesh=mesh, rules=config.rules, schedule=schedule, trainable=trainable,
+                                    grad_accum_steps=config.optimizer.grad_accum_steps)
+    data = trainkit.make_train_iterator(source, global_batch_size=..., seed=..., parse=...)
+    state = trainkit.train_loop(config, workdir, state, shardings, step, data, batch_sharding)
+
+No model code and no science lives here.
+"""
+from trainkit.checkpoint import Checkpointer
+from trainkit.data import BadRecord, SkipCounter, make_train_iterator, to_global
+from trainkit.loop import NonFiniteError, Preempted, train_loop
+from trainkit.mesh import MESH_AXES, make_mesh
+from trainkit.metrics import MetricsWriter, read_jsonl
+from trainkit.optim import make_optimizer, make_schedule, trainable_mask
+from trainkit.sharding import DEFAULT_RULES, batch_sharding, logical_to_shardings, path_str
+from trainkit.state import TrainState, create_train_state
+from trainkit.step import make_train_step
+
+__all__ = [
+    "BadRecord", "Checkpointer", "DEFAULT_RULES", "MESH_AXES", "MetricsWriter", "NonFiniteError",
+    "Preempted", "SkipCounter", "TrainState", "batch_sharding", "create_train_state",
+    "logical_to_shardings", "make_mesh", "make_optimizer", "make_schedule", "make_train_iterator",
+    "make_train_step", "path_str", "read_jsonl", "to_global", "train_loop", "trainable_mask",
+]
