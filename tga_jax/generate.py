@@ -1,0 +1,278 @@
+"""Text generation with a static-shape KV cache: one jitted prefill, then a jitted lax decode loop.
+
+    texts = generate(module, params, tokenizer, ["Hello", "Tell me a joke"], max_new_tokens=32)
+
+Prompts are left-padded into one batch; the cache has room for the padded prompt plus max_new_tokens,
+so every decode step has the same shapes and compiles once. Greedy by default; temperature, top-k and
+top-p sampling with a seed. Rows stop at EOS (then emit padding); stop strings are checked on the host
+between decode chunks, which is also where tokens are streamed.
+
+CLI (applies the chat template, streams tokens as they come):
+
+    python -m tga_jax.generate --model smollm2-135m-instruct --prompt "What is the capital of France?"
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tga_jax.llama import LlamaConfig, LlamaForCausalLM, init_cache
+
+
+def sample_next(logits, rng, temperature: float, top_k: int, top_p: float):
+  """float32[B, V] -> int32[B]: argmax when temperature == 0, else sampled after temperature, top-k
+  and top-p filtering (applied in that order, as transformers does)."""
+  if temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / temperature
+  neg = jnp.finfo(logits.dtype).min
+  if top_k > 0:
+    kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][:, -1:]
+    logits = jnp.where(logits < kth, neg, logits)
+  if top_p < 1.0:
+    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(ordered, axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+    threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, neg, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "sampling", "eos", "pad"))
+def _prefill(params, input_ids, prompt_mask, rng, *, config: LlamaConfig, max_new_tokens: int,
+             sampling: tuple, eos: tuple, pad: int):
+  """Runs the prompts, samples the first new token and returns the decode state."""
+  model = LlamaForCausalLM(config)
+  batch, length = input_ids.shape
+  total = length + max_new_tokens
+  kv_mask = jnp.zeros((batch, total), jnp.int32).at[:, :length].set(prompt_mask)
+  # Positions count real tokens only, so a left-padded row starts at position 0 as it would alone.
+  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
+  logits, aux = model.apply({"params": params}, input_ids, kv_mask, positions,
+                            cache=init_cache(config, batch, total), cache_index=0, last_only=True)
+  token = sample_next(logits, jax.random.fold_in(rng, 0), *sampling)
+  tokens = jnp.full((batch, max_new_tokens), pad, jnp.int32).at[:, 0].set(token)
+  return {
+      "cache": aux["cache"], "kv_mask": kv_mask, "tokens": tokens, "last": token,
+      "position": jnp.sum(prompt_mask, axis=-1).astype(jnp.int32),
+      "step": jnp.ones((), jnp.int32), "finished": jnp.isin(token, jnp.asarray(eos, jnp.int32)), "rng": rng,
+  }
+
+
+@functools.partial(jax.jit, static_argnames=("config", "sampling", "eos", "pad"), donate_argnums=1)
+def _decode(params, state, limit, *, config: LlamaConfig, sampling: tuple, eos: tuple, pad: int):
+  """Decodes until `state['step'] == limit` or every row has finished (a lax while loop)."""
+  model = LlamaForCausalLM(config)
+  prompt_length = state["kv_mask"].shape[1] - state["tokens"].shape[1]
+  eos_ids = jnp.asarray(eos, jnp.int32)
+
+  def cond(s):
+    return (s["step"] < limit) & ~jnp.all(s["finished"])
+
+  def body(s):
+    slot = prompt_length + s["step"] - 1  # the cache slot of the token sampled last
+    kv_mask = jax.lax.dynamic_update_slice(s["kv_mask"], jnp.ones((s["last"].shape[0], 1), jnp.int32), (0, slot))
+    logits, aux = model.apply({"params": params}, s["last"][:, None], kv_mask, s["position"][:, None],
+                              cache=s["cache"], cache_index=slot, last_only=True)
+    token = sample_next(logits, jax.random.fold_in(s["rng"], s["step"]), *sampling)
+    token = jnp.where(s["finished"], pad, token)
+    tokens = jax.lax.dynamic_update_slice(s["tokens"], token[:, None], (0, s["step"]))
+    return dict(s, cache=aux["cache"], kv_mask=kv_mask, tokens=tokens, last=token, position=s["position"] + 1,
+                step=s["step"] + 1, finished=s["finished"] | jnp.isin(token, eos_ids))
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+def _eos_ids(config: LlamaConfig, tokenizer, eos_token_id) -> tuple[int, ...]:
+  ids = set()
+  for source in (eos_token_id, config.eos_token_id, getattr(tokenizer, "eos_token_id", None)):
+    if source is None:
+      continue
+    ids.update([source] if isinstance(source, int) else source)
+  return tuple(sorted(int(i) for i in ids))
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad: int, multiple: int = 16) -> tuple[np.ndarray, np.ndarray]:
+  """Token id lists -> (int32[B, T], int32[B, T] mask), left-padded; T rounded up to `multiple` so that
+  prompts of similar length share one compiled program."""
+  if not sequences or any(len(s) == 0 for s in sequences):
+    raise ValueError("every prompt needs at least one token")
+  length = -(-max(len(s) for s in sequences) // multiple) * multiple
+  ids = np.full((len(sequences), length), pad, np.int32)
+  mask = np.zeros((len(sequences), length), np.int32)
+  for row, seq in enumerate(sequences):
+    ids[row, length - len(seq):] = seq
+    mask[row, length - len(seq):] = 1
+  return ids, mask
+
+
+def generate_tokens(module: LlamaForCausalLM, params, input_ids, attention_mask, max_new_tokens: int, *,
+                    temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                    eos_token_id=None, pad_token_id: int | None = None, chunk_size: int | None = None,
+                    on_chunk: Callable[[np.ndarray, np.ndarray], bool | None] | None = None) -> np.ndarray:
+  """Left-padded int[B, T] prompts (mask int[B, T]) -> int32[B, max_new_tokens] new tokens.
+
+  After a row's EOS come `pad_token_id`s (default: the first EOS id), as in transformers.
+  Args:
+    chunk_size: decode steps per jitted call (default: all); `on_chunk(tokens int32[B, n],
+      finished bool[B])` runs after each chunk and may return a bool[B] of rows to stop (stop strings).
+  """
+  config = module.config
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
+  input_ids = np.asarray(input_ids, np.int32)
+  attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
+  if attention_mask.shape != input_ids.shape:
+    raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}")
+  if np.any(attention_mask[:, -1] == 0):
+    raise ValueError("prompts must be left-padded (the last column of attention_mask must be all 1)")
+  eos = _eos_ids(config, None, eos_token_id)
+  pad = int(pad_token_id if pad_token_id is not None else (eos[0] if eos else 0))
+  sampling = (float(temperature), int(top_k), float(top_p))
+  static = dict(config=config, sampling=sampling, eos=eos, pad=pad)
+  state = _prefill(params, input_ids, attention_mask, jax.random.PRNGKey(seed), max_new_tokens=max_new_tokens,
+                   **static)
+  chunk = max_new_tokens if chunk_size is None else max(int(chunk_size), 1)
+  step = 1
+  while True:
+    if on_chunk is not None:
+      stop = on_chunk(np.asarray(state["tokens"][:, :step]), np.asarray(state["finished"]))
+      if stop is not None and np.any(stop):
+        state["finished"] = state["finished"] | jnp.asarray(stop)
+    if step >= max_new_tokens or bool(jnp.all(state["finished"])):
+      break
+    step = min(step + chunk, max_new_tokens)
+    state = _decode(params, state, jnp.asarray(step, jnp.int32), **static)
+    step = int(state["step"])
+  return np.asarray(state["tokens"])
+
+
+def _cut(tokens: np.ndarray, eos: tuple) -> list[int]:
+  out = []
+  for t in tokens.tolist():
+    if t in eos:
+      break
+    out.append(t)
+  return out
+
+
+def generate(module: LlamaForCausalLM, params, tokenizer, prompts: str | Sequence[str], max_new_tokens: int = 64,
+             *, chat: bool = False, system: str | None = None, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (), eos_token_id=None,
+             stream: Callable[[int, str], None] | None = None, chunk_size: int | None = None) -> list[str]:
+  """Continuations of `prompts` (a string or a list of strings, or lists of token ids) -> list of strings.
+
+  Args:
+    chat: wrap each prompt as a user turn with the tokenizer's chat template (and `system` if given).
+    temperature: 0 = greedy; else sampling with `top_k` (0 = off), `top_p` (1 = off) and `seed`.
+    stop: strings that end a row; the returned text stops before the first one.
+    stream: called as `stream(row, new_text)` as tokens arrive (decodes in chunks of `chunk_size`,
+      default 1 token when streaming, 16 with stop strings).
+  Returns:
+    The new text of each prompt (special tokens skipped, cut at EOS and at the first stop string).
+  """
+  from tga_jax.tokenizer import encode_chat
+
+  if isinstance(prompts, str):
+    prompts = [prompts]
+  encoded = []
+  for prompt in prompts:
+    if not isinstance(prompt, str):
+      encoded.append([int(t) for t in prompt])
+    elif chat:
+      encoded.append(encode_chat(tokenizer, prompt, system))
+    else:
+      encoded.append(tokenizer(prompt)["input_ids"])
+  eos = _eos_ids(module.config, tokenizer, eos_token_id)
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+  ids, mask = left_pad(encoded, pad)
+  stop = tuple(stop)
+  shown = [""] * len(encoded)
+
+  def text_of(row_tokens):
+    return tokenizer.decode(_cut(row_tokens, eos), skip_special_tokens=True)
+
+  def on_chunk(tokens, finished):
+    stopped = np.zeros(len(tokens), bool)
+    for row in range(len(tokens)):
+      text = text_of(tokens[row])
+      cut = min((text.find(s) for s in stop if s in text), default=-1)
+      if cut >= 0:
+        text, stopped[row] = text[:cut], True
+      elif not finished[row]:
+        # Hold back a stop string's possible beginning and an incomplete multi-byte character.
+        hold = max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        text = text[:len(text) - hold] if hold else text
+        text = text.rstrip("\ufffd")
+      if stream is not None and len(text) > len(shown[row]) and text.startswith(shown[row]):
+        stream(row, text[len(shown[row]):])
+      shown[row] = text if text.startswith(shown[row]) else shown[row]
+    return stopped
+
+  if chunk_size is None and (stream is not None or stop):
+    chunk_size = 1 if stream is not None else 16
+  tokens = generate_tokens(module, params, ids, mask, max_new_tokens, temperature=temperature, top_k=top_k,
+                           top_p=top_p, seed=seed, eos_token_id=eos, pad_token_id=pad, chunk_size=chunk_size,
+                           on_chunk=on_chunk if (stream is not None or stop) else None)
+  results = []
+  for row in range(len(encoded)):
+    text = text_of(tokens[row])
+    for s in stop:
+      if s in text:
+        text = text[:text.find(s)]
+    if stream is not None and len(text) > len(shown[row]) and text.startswith(shown[row]):
+      stream(row, text[len(shown[row]):])
+    results.append(text)
+  return results
+
+
+def main(argv=None):
+  import argparse
+  import sys
+  import time
+
+  from tga_jax.llm_loading import load_llm
+  from tga_jax.tokenizer import load_tokenizer
+
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model", default="smollm2-135m-instruct", help="HF folder, .gguf file or known name")
+  parser.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
+  parser.add_argument("--system", default=None)
+  parser.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+  parser.add_argument("--max-new-tokens", type=int, default=128)
+  parser.add_argument("--temperature", type=float, default=0.0)
+  parser.add_argument("--top-k", type=int, default=0)
+  parser.add_argument("--top-p", type=float, default=1.0)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--stop", action="append", default=[])
+  parser.add_argument("--dtype", default="float32")
+  args = parser.parse_args(argv)
+
+  module, params = load_llm(args.model, dtype=args.dtype)
+  tokenizer = load_tokenizer(args.model)
+  single = len(args.prompt) == 1
+
+  def stream(row, text):
+    if single:
+      sys.stdout.write(text)
+      sys.stdout.flush()
+
+  start = time.perf_counter()
+  texts = generate(module, params, tokenizer, args.prompt, args.max_new_tokens, chat=not args.no_chat,
+                   system=args.system, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   seed=args.seed, stop=args.stop, stream=stream)
+  if single:
+    sys.stdout.write("\n")
+  else:
+    for prompt, text in zip(args.prompt, texts):
+      print(f"### {prompt}\n{text}\n")
+  print(f"[{time.perf_counter() - start:.1f} s including compilation]", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  main()
