@@ -23,29 +23,33 @@ import numpy as np
 from tga_jax.llama import LlamaConfig, LlamaForCausalLM, init_cache
 
 
-def sample_next(logits, rng, temperature: float, top_k: int, top_p: float):
-  """float32[B, V] -> int32[B]: argmax when temperature == 0, else sampled after temperature, top-k
-  and top-p filtering (applied in that order, as transformers does)."""
-  if temperature == 0.0:
+def sample_next(logits, rng, sampling):
+  """float32[B, V] -> int32[B].
+
+  `sampling` is None for greedy (argmax), else (temperature, top_k, top_p) as scalars (traced, so that
+  changing them does not recompile): temperature, then top-k (0 = off), then top-p (1 = off) filtering,
+  in transformers' order, then a categorical draw.
+  """
+  if sampling is None:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  temperature, top_k, top_p = sampling
   logits = logits / temperature
   neg = jnp.finfo(logits.dtype).min
-  if top_k > 0:
-    kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][:, -1:]
-    logits = jnp.where(logits < kth, neg, logits)
-  if top_p < 1.0:
-    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
-    probs = jax.nn.softmax(ordered, axis=-1)
-    # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
-    threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < threshold, neg, logits)
+  ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+  vocab = logits.shape[-1]
+  kth = jnp.take(ordered, jnp.clip(jnp.where(top_k > 0, top_k, vocab) - 1, 0, vocab - 1), axis=-1)
+  ordered = jnp.where(ordered < kth[:, None], neg, ordered)
+  probs = jax.nn.softmax(ordered, axis=-1)
+  # Keep the smallest prefix whose mass reaches top_p (the most likely token always stays).
+  keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+  threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+  logits = jnp.where(logits < jnp.maximum(threshold, kth[:, None]), neg, logits)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "sampling", "eos", "pad"))
-def _prefill(params, input_ids, prompt_mask, rng, *, config: LlamaConfig, max_new_tokens: int,
-             sampling: tuple, eos: tuple, pad: int):
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "greedy", "eos", "pad"))
+def _prefill(params, input_ids, prompt_mask, rng, sampling, *, config: LlamaConfig, max_new_tokens: int,
+             greedy: bool, eos: tuple, pad: int):
   """Runs the prompts, samples the first new token and returns the decode state."""
   model = LlamaForCausalLM(config)
   batch, length = input_ids.shape
@@ -55,7 +59,7 @@ def _prefill(params, input_ids, prompt_mask, rng, *, config: LlamaConfig, max_ne
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
   logits, aux = model.apply({"params": params}, input_ids, kv_mask, positions,
                             cache=init_cache(config, batch, total), cache_index=0, last_only=True)
-  token = sample_next(logits, jax.random.fold_in(rng, 0), *sampling)
+  token = sample_next(logits, jax.random.fold_in(rng, 0), None if greedy else sampling)
   tokens = jnp.full((batch, max_new_tokens), pad, jnp.int32).at[:, 0].set(token)
   return {
       "cache": aux["cache"], "kv_mask": kv_mask, "tokens": tokens, "last": token,
@@ -64,8 +68,8 @@ def _prefill(params, input_ids, prompt_mask, rng, *, config: LlamaConfig, max_ne
   }
 
 
-@functools.partial(jax.jit, static_argnames=("config", "sampling", "eos", "pad"), donate_argnums=1)
-def _decode(params, state, limit, *, config: LlamaConfig, sampling: tuple, eos: tuple, pad: int):
+@functools.partial(jax.jit, static_argnames=("config", "greedy", "eos", "pad"), donate_argnums=1)
+def _decode(params, state, limit, sampling, *, config: LlamaConfig, greedy: bool, eos: tuple, pad: int):
   """Decodes until `state['step'] == limit` or every row has finished (a lax while loop)."""
   model = LlamaForCausalLM(config)
   prompt_length = state["kv_mask"].shape[1] - state["tokens"].shape[1]
@@ -79,7 +83,7 @@ def _decode(params, state, limit, *, config: LlamaConfig, sampling: tuple, eos: 
     kv_mask = jax.lax.dynamic_update_slice(s["kv_mask"], jnp.ones((s["last"].shape[0], 1), jnp.int32), (0, slot))
     logits, aux = model.apply({"params": params}, s["last"][:, None], kv_mask, s["position"][:, None],
                               cache=s["cache"], cache_index=slot, last_only=True)
-    token = sample_next(logits, jax.random.fold_in(s["rng"], s["step"]), *sampling)
+    token = sample_next(logits, jax.random.fold_in(s["rng"], s["step"]), None if greedy else sampling)
     token = jnp.where(s["finished"], pad, token)
     tokens = jax.lax.dynamic_update_slice(s["tokens"], token[:, None], (0, s["step"]))
     return dict(s, cache=aux["cache"], kv_mask=kv_mask, tokens=tokens, last=token, position=s["position"] + 1,
@@ -133,10 +137,13 @@ def generate_tokens(module: LlamaForCausalLM, params, input_ids, attention_mask,
     raise ValueError("prompts must be left-padded (the last column of attention_mask must be all 1)")
   eos = _eos_ids(config, None, eos_token_id)
   pad = int(pad_token_id if pad_token_id is not None else (eos[0] if eos else 0))
-  sampling = (float(temperature), int(top_k), float(top_p))
-  static = dict(config=config, sampling=sampling, eos=eos, pad=pad)
-  state = _prefill(params, input_ids, attention_mask, jax.random.PRNGKey(seed), max_new_tokens=max_new_tokens,
-                   **static)
+  if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+    raise ValueError(f"temperature={temperature}, top_k={top_k}, top_p={top_p}: expected temperature >= 0, "
+                     f"top_k >= 0, 0 < top_p <= 1")
+  sampling = (jnp.float32(temperature if temperature > 0 else 1.0), jnp.int32(top_k), jnp.float32(top_p))
+  static = dict(config=config, greedy=temperature == 0, eos=eos, pad=pad)
+  state = _prefill(params, input_ids, attention_mask, jax.random.PRNGKey(seed), sampling,
+                   max_new_tokens=max_new_tokens, **static)
   chunk = max_new_tokens if chunk_size is None else max(int(chunk_size), 1)
   step = 1
   while True:
@@ -147,7 +154,7 @@ def generate_tokens(module: LlamaForCausalLM, params, input_ids, attention_mask,
     if step >= max_new_tokens or bool(jnp.all(state["finished"])):
       break
     step = min(step + chunk, max_new_tokens)
-    state = _decode(params, state, jnp.asarray(step, jnp.int32), **static)
+    state = _decode(params, state, jnp.asarray(step, jnp.int32), sampling, **static)
     step = int(state["step"])
   return np.asarray(state["tokens"])
 
