@@ -71,11 +71,31 @@ class EncoderConfig:
     return self.hidden_size // self.num_attention_heads
 
 
-def _dense(features, names, cfg: EncoderConfig, name: str, axis=-1):
-  return nn.DenseGeneral(
-      features, axis=axis, dtype=cfg.dtype, param_dtype=jnp.float32, name=name,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), names),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[-len(features) if isinstance(features, tuple) else -1:]))
+class Projection(nn.Module):
+  """x float[..., *in] -> float[..., *out]: a dense layer over the last len(in) dims.
+
+  The kernel is created at its full shape [*in, *out] so its logical names always match its rank
+  (nn.DenseGeneral initialises a flattened kernel, which breaks logical constraints under a mesh).
+  """
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  names: tuple[str | None, ...]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02), self.names),
+                        self.in_shape + self.out_shape, jnp.float32)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.names[len(self.in_shape):]),
+                      self.out_shape, jnp.float32)
+    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=len(self.in_shape))
+    return y + bias.astype(self.dtype)
+
+
+def _dense(features, names, cfg: EncoderConfig, name: str, in_shape=None):
+  out_shape = features if isinstance(features, tuple) else (features,)
+  in_shape = in_shape or (cfg.hidden_size,)
+  return Projection(in_shape, out_shape, names, cfg.dtype, name=name)
 
 
 def _layer_norm(cfg: EncoderConfig, name: str):
@@ -102,7 +122,7 @@ class Embeddings(nn.Module):
     x = _layer_norm(cfg, "LayerNorm")(x)
     x = NestedDropout(cfg.hidden_dropout_prob)(x, deterministic=self.deterministic, power=power)
     if cfg.embedding_size:
-      x = _dense(cfg.hidden_size, (None, "embed"), cfg, "embeddings_project")(x)
+      x = _dense(cfg.hidden_size, (None, "embed"), cfg, "embeddings_project", in_shape=(width,))(x)
     return x.astype(cfg.dtype)
 
 
@@ -124,14 +144,14 @@ class EncoderLayer(nn.Module):
     probs = jax.nn.softmax(scores + mask_bias[:, None, None, :], axis=-1)
     probs = drop(cfg.attention_probs_dropout_prob)(probs, deterministic=self.deterministic, power=power)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(cfg.dtype), v)
-    attn = _dense(cfg.hidden_size, ("heads", "head_dim", "embed"), cfg, "attention_output", axis=(-2, -1))(context)
+    attn = _dense(cfg.hidden_size, ("heads", "head_dim", "embed"), cfg, "attention_output", in_shape=heads)(context)
     attn = drop(cfg.hidden_dropout_prob)(attn, deterministic=self.deterministic, power=power)
     h = _layer_norm(cfg, "attention_LayerNorm")(attn + h).astype(cfg.dtype)
     h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
 
     y = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "intermediate")(h)
     y = nn.with_logical_constraint(ACTIVATIONS[cfg.hidden_act](y), ("batch", "length", "mlp"))
-    y = _dense(cfg.hidden_size, ("mlp", "embed"), cfg, "output")(y)
+    y = _dense(cfg.hidden_size, ("mlp", "embed"), cfg, "output", in_shape=(cfg.intermediate_size,))(y)
     y = drop(cfg.hidden_dropout_prob)(y, deterministic=self.deterministic, power=power)
     h = _layer_norm(cfg, "output_LayerNorm")(y + h).astype(cfg.dtype)
     return h, h
