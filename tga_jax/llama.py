@@ -132,14 +132,38 @@ class RMSNorm(nn.Module):
     return scale.astype(x.dtype) * normed.astype(x.dtype)
 
 
-def _dense(features, names, axis=-1, *, config: LlamaConfig, use_bias: bool, name: str):
-  """DenseGeneral with logically named kernel (and bias) axes; matmuls in `config.dtype`."""
-  bias_names = names[-(1 if isinstance(features, int) else len(features)):]
-  return nn.DenseGeneral(
-      features, axis=axis, use_bias=use_bias, dtype=jnp.dtype(config.dtype),
-      param_dtype=jnp.dtype(config.param_dtype), name=name,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), names),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, bias_names))
+class DenseGeneral(nn.Module):
+  """x float[..., *in] -> float[..., *features]: contracts the last `len(in)` axes of x with a kernel
+  float[*in, *features] whose axes carry the logical `names` (bias: the names of `features`).
+
+  Not flax's DenseGeneral: that one initialises a flat 2-D kernel and reshapes it, which trips the
+  rank check of the logical sharding constraint once a mesh is active.
+  """
+  features: tuple[int, ...]
+  names: tuple[str, ...]
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n_in = len(self.names) - len(self.features)
+    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02), self.names),
+                        x.shape[x.ndim - n_in:] + tuple(self.features), self.param_dtype)
+    contract = tuple(range(x.ndim - n_in, x.ndim))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            ((contract, tuple(range(n_in))), ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.names[n_in:]),
+                        tuple(self.features), self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+def _dense(features, names, *, config: LlamaConfig, use_bias: bool, name: str):
+  """A DenseGeneral with matmuls in `config.dtype` and params in `config.param_dtype`."""
+  features = (features,) if isinstance(features, int) else tuple(features)
+  return DenseGeneral(features, names, use_bias, jnp.dtype(config.dtype), jnp.dtype(config.param_dtype), name=name)
 
 
 class Attention(nn.Module):
@@ -186,8 +210,8 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1)
     out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(q.dtype), v.astype(q.dtype))
     out = out.reshape(batch, length, cfg.num_heads, hd)
-    out = _dense(cfg.hidden_size, ("heads", "head_dim", "embed"), axis=(-2, -1), config=cfg,
-                 use_bias=cfg.attention_bias, name="o")(out)
+    out = _dense(cfg.hidden_size, ("heads", "head_dim", "embed"), config=cfg, use_bias=cfg.attention_bias,
+                 name="o")(out)
 
     last_attention = None
     if self.output_last_attention:
@@ -239,7 +263,8 @@ class LlamaForCausalLM(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, position_ids=None, *, output_hidden_states: bool = False,
-               output_last_attention: bool = False, cache=None, cache_index=None, last_only: bool = False):
+               output_last_attention: bool = False, cache=None, cache_index=None, last_only: bool = False,
+               embed_hook=None):
     """
     Args:
       input_ids: int[B, T].
@@ -257,6 +282,9 @@ class LlamaForCausalLM(nn.Module):
         slots [cache_index, cache_index + T) and aux['cache'] holds the updated cache.
       cache_index: int32[] (with `cache`).
       last_only: logits of the last position only: float32[B, V] (what a prefill needs).
+      embed_hook: None, or a function float[B, T, D] -> float[B, T, D] applied to the token embeddings
+        before the first layer (the LVLM scatters projected image features in here); hidden state 0 is
+        its output.
     Returns:
       (logits float[B, T, V] (or [B, V] with last_only), aux dict).
     """
@@ -280,6 +308,8 @@ class LlamaForCausalLM(nn.Module):
     embedding = self.param("embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
                            (cfg.vocab_size, cfg.hidden_size), jnp.dtype(cfg.param_dtype))
     h = jnp.take(embedding, input_ids, axis=0).astype(dtype)
+    if embed_hook is not None:
+      h = embed_hook(h).astype(dtype)
     h = nn.with_logical_constraint(h, ("batch", "length", None))
     embedded = h
 

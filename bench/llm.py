@@ -1,0 +1,226 @@
+"""SmolLM2-135M-Instruct, float32, this machine: ours (JAX) vs transformers + torch, in one run.
+
+    python bench/llm.py [--steps 3] [--decode-tokens 64] [--remat-policy none]
+
+Measures the f32 matmul peak (2048x2048), then for both stacks: the train step (4x128 tokens, AdamW),
+the forward pass (4x256 tokens) and greedy decoding at batch 1 and 8 (decode-only tokens/s: the time of
+N new tokens minus the time of 1, so prefill is excluded on both sides). MFU is model FLOPs per second
+over the measured peak. Not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import tga_jax  # noqa: E402
+import trainkit  # noqa: E402
+from tga_jax.llama import LlamaForCausalLM  # noqa: E402
+
+NAME = "smollm2-135m-instruct"
+
+
+def best_time(fn, repeats: int) -> float:
+  """Minimum wall time of `repeats` calls (after one warm-up call that also compiles)."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def matmul_peak() -> float:
+  """GFLOP/s of a jitted 2048x2048 float32 matmul."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (2048, 2048), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  seconds = best_time(lambda: f(a).block_until_ready(), 10)
+  return 2 * 2048 ** 3 / seconds / 1e9
+
+
+def forward_flops(config, batch: int, length: int) -> float:
+  """Matmul FLOPs of one forward pass: weights (lm_head included) + attention scores and values."""
+  per_layer = (config.hidden_size * (config.num_heads + 2 * config.num_kv_heads) * config.head_dim
+               + config.num_heads * config.head_dim * config.hidden_size
+               + 3 * config.hidden_size * config.intermediate_size)
+  weights = config.num_layers * per_layer + config.hidden_size * config.vocab_size
+  attention = config.num_layers * 2 * 2 * length * config.num_heads * config.head_dim / 2  # causal half
+  return batch * length * (2 * weights + attention)
+
+
+def decode_flops(config, batch: int) -> float:
+  return forward_flops(config, batch, 1)
+
+
+# ---------------------------------------------------------------- ours
+
+def ours_train_step(module, params, batch, length, remat_policy):
+  config = dataclasses.replace(module.config, remat_policy=remat_policy)
+  model = LlamaForCausalLM(config)
+  mesh = trainkit.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  rules = trainkit.DEFAULT_RULES
+  opt_cfg = ml_collections.ConfigDict(dict(name="adamw", learning_rate=1e-5, weight_decay=0.0, b1=0.9, b2=0.999,
+                                           eps=1e-8, schedule="constant", warmup_steps=0, clip_norm=0.0,
+                                           trainable=(".*",), grad_accum_steps=1))
+  ids = jnp.zeros((batch, length), jnp.int32)
+  init_params = lambda rng: model.init(rng, ids)["params"]  # noqa: E731
+  abstract = jax.eval_shape(lambda: params)
+  tx, schedule, trainable = trainkit.make_optimizer(opt_cfg, 100, abstract)
+  state, shardings = trainkit.create_train_state(init_params, tx, mesh, rules, 0, params=params)
+
+  def loss_fn(p, b, rng):
+    logits, _ = model.apply({"params": p}, b["input_ids"][:, :-1])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, b["input_ids"][:, 1:]).mean()
+    return loss, {}
+
+  step = trainkit.make_train_step(loss_fn, tx, shardings, trainkit.batch_sharding(mesh, rules), mesh=mesh,
+                                  rules=rules, schedule=schedule, trainable=trainable)
+  data = {"input_ids": np.random.RandomState(0).randint(0, config.vocab_size, (batch, length + 1)).astype(np.int32)}
+  holder = {"state": state}
+
+  def run():
+    holder["state"], metrics = step(holder["state"], data)
+    jax.block_until_ready(metrics["loss"])
+  return run
+
+
+def ours_forward(module, params, batch, length):
+  ids = np.random.RandomState(1).randint(0, module.config.vocab_size, (batch, length)).astype(np.int32)
+  f = jax.jit(lambda p, x: module.apply({"params": p}, x)[0])
+  return lambda: f(params, ids).block_until_ready()
+
+
+def ours_decode(module, params, batch, prompt_length, new_tokens):
+  # No EOS: every row decodes all new_tokens, as on the torch side.
+  module = LlamaForCausalLM(dataclasses.replace(module.config, eos_token_id=None))
+  ids = np.random.RandomState(2).randint(3, module.config.vocab_size, (batch, prompt_length)).astype(np.int32)
+  mask = np.ones_like(ids)
+  return lambda n: tga_jax.generate_tokens(module, params, ids, mask, n, eos_token_id=(), pad_token_id=0)
+
+
+# ---------------------------------------------------------------- transformers + torch
+
+def torch_model():
+  import torch
+  import transformers
+  from tga_jax.models import resolve_model_path
+  path = resolve_model_path(NAME)
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+  model.generation_config.eos_token_id = None
+  return model
+
+
+def torch_train_step(model, batch, length):
+  import torch
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+  ids = torch.tensor(np.random.RandomState(0).randint(0, model.config.vocab_size, (batch, length + 1)))
+
+  def run():
+    loss = model(input_ids=ids[:, :-1], labels=ids[:, :-1]).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+  return run
+
+
+def torch_forward(model, batch, length):
+  import torch
+  model.eval()
+  ids = torch.tensor(np.random.RandomState(1).randint(0, model.config.vocab_size, (batch, length)))
+
+  def run():
+    with torch.inference_mode():
+      model(input_ids=ids)
+  return run
+
+
+def torch_decode(model, batch, prompt_length):
+  import torch
+  model.eval()
+  ids = torch.tensor(np.random.RandomState(2).randint(3, model.config.vocab_size, (batch, prompt_length)))
+
+  def run(n):
+    with torch.inference_mode():
+      model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                     do_sample=False, pad_token_id=0)
+  return run
+
+
+def decode_rate(run, batch, new_tokens, repeats) -> float:
+  """Decode-only tokens/s: (N - 1) steps x batch over time(N new tokens) - time(1 new token)."""
+  full = best_time(lambda: run(new_tokens), repeats)
+  prefill = best_time(lambda: run(1), repeats)
+  return batch * (new_tokens - 1) / max(full - prefill, 1e-9)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--steps", type=int, default=3, help="timed repeats per measurement (best is kept)")
+  parser.add_argument("--decode-tokens", type=int, default=64)
+  parser.add_argument("--remat-policy", default="none", help="ours: LlamaConfig.remat_policy for training")
+  parser.add_argument("--skip-torch", action="store_true")
+  args = parser.parse_args()
+
+  import torch
+  torch.set_num_threads(2)
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{jax.device_count()}, torch {torch.__version__} "
+        f"with {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+  peak = matmul_peak()
+  print(f"measured peak: {peak:.1f} GFLOP/s (2048x2048 float32 matmul, jax)")
+
+  module, host_params = tga_jax.load_llm(NAME)
+  params = jax.device_put(host_params)
+  config = module.config
+  results = {}
+
+  def report(name, ours_rate, torch_rate, flops_per_unit, unit):
+    ratio = f"{ours_rate / torch_rate:5.2f}x" if torch_rate else "  n/a"
+    torch_text = f"{torch_rate:9.1f}" if torch_rate else "      n/a"
+    mfu = lambda r: 100 * r * flops_per_unit / 1e9 / peak  # noqa: E731
+    torch_mfu = f"{mfu(torch_rate):5.1f}%" if torch_rate else "  n/a"
+    print(f"{name:28s} {ours_rate:9.1f} {torch_text} {unit:9s} {ratio}   MFU ours {mfu(ours_rate):5.1f}%  "
+          f"torch {torch_mfu}", flush=True)
+    results[name] = (ours_rate, torch_rate)
+
+  reference = None if args.skip_torch else torch_model()
+  print(f"\n{'':28s} {'ours':>9s} {'torch':>9s} {'unit':9s} ratio")
+
+  b, t = 4, 128
+  ours = b * t / best_time(ours_train_step(module, host_params, b, t, args.remat_policy), args.steps)
+  theirs = b * t / best_time(torch_train_step(reference, b, t), args.steps) if reference else 0.0
+  report(f"train step {b}x{t} adamw", ours, theirs, 3 * forward_flops(config, 1, t) / t, "tokens/s")
+
+  b, t = 4, 256
+  ours = b * t / best_time(ours_forward(module, params, b, t), args.steps)
+  theirs = b * t / best_time(torch_forward(reference, b, t), args.steps) if reference else 0.0
+  report(f"forward {b}x{t}", ours, theirs, forward_flops(config, 1, t) / t, "tokens/s")
+
+  for b in (1, 8):
+    n = args.decode_tokens
+    ours = decode_rate(ours_decode(module, params, b, 16, n), b, n, args.steps)
+    theirs = decode_rate(torch_decode(reference, b, 16), b, n, args.steps) if reference else 0.0
+    report(f"greedy decode batch {b}", ours, theirs, decode_flops(config, 1), "tokens/s")
+
+  train_ratio = results["train step 4x128 adamw"]
+  decode_ratio = results["greedy decode batch 1"]
+  if reference:
+    print(f"\ntargets: train step >= 1.3x torch: {train_ratio[0] / train_ratio[1]:.2f}x; "
+          f"batch-1 decode >= 2x torch: {decode_ratio[0] / decode_ratio[1]:.2f}x")
+
+
+if __name__ == "__main__":
+  main()
