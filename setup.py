@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "tokenizers>=0.23,<0.24",
     "safetensors>=0.8,<0.9",
     "tensorflow-datasets==4.9.10",
+    "importlib_resources",  # etils.epath needs it for tfds builders defined outside tfds
     "scann==1.4.2",
     "ml-collections==1.1.0",
     "grain==0.2.18",
