@@ -77,6 +77,8 @@ def span_losses(start_logits, end_logits, start_positions, end_positions):
 def with_encoder_params(params, encoder_params):
   """Task params whose 'encoder' subtree is replaced by pretrained encoder params (head stays as is).
 
-  A pretrained encoder without a pooler (e.g. MiniLM exported without one) keeps the fresh pooler.
+  A pretrained encoder without a pooler keeps the fresh one; a pretrained pooler that the head does
+  not use (span extraction) is left out.
   """
-  return {**params, "encoder": {**params["encoder"], **encoder_params}}
+  used = {k: v for k, v in encoder_params.items() if k in params["encoder"]}
+  return {**params, "encoder": {**params["encoder"], **used}}

@@ -50,7 +50,7 @@ def records_of(source) -> list[dict]:
 
 
 def settings_from(cmp_cfg) -> CmpSettings:
-  return CmpSettings(n_drop=cmp_cfg.n_drop, target=cmp_cfg.target, temperature=cmp_cfg.temperature,
+  return CmpSettings(n_drop=cmp_cfg.n_drop, n_crop=cmp_cfg.get("n_crop", 0), target=cmp_cfg.target, temperature=cmp_cfg.temperature,
                      ranking=cmp_cfg.ranking, mode=cmp_cfg.mode, primary=cmp_cfg.primary, weight=cmp_cfg.weight,
                      remat=cmp_cfg.remat)
 
@@ -100,58 +100,71 @@ def train(config, workdir: str) -> dict:
   dev_arrays = encode(records_of(splits[task.dev_split]))
   test_arrays = encode(records_of(splits[task.test_split])) if task.test_split != task.dev_split else dev_arrays
 
-  settings = settings_from(config.cmp)
-  batch_size = submodel_batch_size(config.batch_size, settings.num_submodels, config.cmp.keep_compute_fixed)
-  steps_per_epoch = max(len(keep) // batch_size, 1)
-  if config.total_steps <= 0:
-    config.total_steps = steps_per_epoch * config.epochs
-  if config.eval_every <= 0:
-    config.eval_every = steps_per_epoch
-  logging.info("%s: %d train / %d dev / %d test examples; %d steps of %d (c=%d)", task.name, len(keep),
-               len(dev_arrays["labels"]), len(test_arrays["labels"]), config.total_steps, batch_size,
-               settings.num_submodels - 1)
-
-  mesh = trainkit.make_mesh(config.mesh)
-  sample = {k: v[:1] for k, v in train_arrays.items()}
-  init = lambda r: model.init(r, sample["input_ids"], sample["attention_mask"], sample["token_type_ids"])["params"]  # noqa: E731
-  abstract = nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
-  tx, schedule, trainable = trainkit.make_optimizer(config.optimizer, config.total_steps, abstract)
-  fresh = jax.tree.map(np.asarray, nn.meta.unbox(jax.jit(init)(jax.random.PRNGKey(config.seed))))
-  state, shardings = trainkit.create_train_state(init, tx, mesh, config.rules, config.seed,
-                                                 params=with_encoder_params(fresh, encoder_params))
-
   def per_example(params, inputs, rng, power):
     logits, _ = model.apply({"params": params}, inputs["input_ids"], inputs["attention_mask"],
                             inputs["token_type_ids"], deterministic=False, dropout_power=power,
                             rngs={"dropout": rng})
     return classification_losses(logits, inputs["labels"])
 
-  batch_sharding = trainkit.batch_sharding(mesh, config.rules)
-  step = trainkit.make_train_step(make_loss_fn(per_example, settings), tx, shardings, batch_sharding, mesh=mesh,
-                                  rules=config.rules, schedule=schedule, trainable=trainable,
-                                  grad_accum_steps=config.optimizer.grad_accum_steps)
-  examples = [{k: v[i] for k, v in train_arrays.items()} for i in range(len(keep))]
-  data = trainkit.make_train_iterator(examples, global_batch_size=batch_size, seed=config.seed)
-
   predict = jax.jit(lambda p, x: model.apply({"params": p}, x["input_ids"], x["attention_mask"],
                                              x["token_type_ids"])[0])
 
   def evaluate(params, arrays) -> dict:
-    outputs = []
-    size = config.eval_batch_size
-    for start in range(0, len(arrays["labels"]), size):
-      chunk = {k: v[start:start + size] for k, v in arrays.items() if k != "labels"}
-      pad = size - len(chunk["input_ids"])
-      chunk = {k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in chunk.items()}
-      outputs.append(np.asarray(predict(params, chunk))[: size - pad])
-    logits = np.concatenate(outputs)
+    logits = predict_in_batches(predict, params, arrays, config.eval_batch_size)
     pred = logits[:, 0] if task.num_labels == 1 else logits.argmax(-1)
     return classification_metrics(pred, arrays["labels"], task.metrics)
 
-  keeper = BestKeeper(workdir, task.select)
+  examples = [{k: v[i] for k, v in train_arrays.items()} for i in range(len(keep))]
+  return fit(config, workdir, model, encoder_params, per_example, examples, dev_arrays, test_arrays, evaluate,
+             task.select, {"task": task.name, "train_size": len(keep)})
+
+
+def predict_in_batches(predict, params, arrays: dict, size: int, keys=("input_ids", "attention_mask", "token_type_ids")):
+  """Runs a jitted predict over fixed-size chunks (the last one padded) and concatenates outputs."""
+  outputs = []
+  n = len(arrays[keys[0]])
+  for start in range(0, n, size):
+    chunk = {k: arrays[k][start:start + size] for k in keys}
+    pad = size - len(chunk[keys[0]])
+    chunk = {k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in chunk.items()}
+    out = jax.device_get(predict(params, chunk))
+    outputs.append(jax.tree.map(lambda x: np.asarray(x)[: size - pad], out))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+
+
+def fit(config, workdir, model, encoder_params, per_example, examples, dev, test, evaluate, select, info) -> dict:
+  """The part every comparative-loss task shares: optimizer, sharded state from the pretrained
+  encoder, the chain's loss in a trainkit step, the loop with per-epoch dev evaluation and
+  best-on-dev params, then the test score of the best params into results.json."""
+  settings = settings_from(config.cmp)
+  batch_size = submodel_batch_size(config.batch_size, settings.num_submodels, config.cmp.keep_compute_fixed)
+  steps_per_epoch = max(len(examples) // batch_size, 1)
+  if config.total_steps <= 0:
+    config.total_steps = steps_per_epoch * config.epochs
+  if config.eval_every <= 0:
+    config.eval_every = steps_per_epoch
+  logging.info("%s: %d training examples; %d steps of %d (c=%d)", info, len(examples), config.total_steps,
+               batch_size, settings.num_submodels - 1)
+
+  mesh = trainkit.make_mesh(config.mesh)
+  sample = jax.tree.map(lambda x: x[None], examples[0])
+  sample = sample.get("views", sample)
+  sample = {k: v[:, 0] if v.ndim == 3 else v for k, v in sample.items()}  # view 0 of a [1, V, L] input
+  init = lambda r: model.init(r, sample["input_ids"], sample["attention_mask"], sample["token_type_ids"])["params"]  # noqa: E731
+  abstract = nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
+  tx, schedule, trainable = trainkit.make_optimizer(config.optimizer, config.total_steps, abstract)
+  fresh = jax.tree.map(np.asarray, nn.meta.unbox(jax.jit(init)(jax.random.PRNGKey(config.seed))))
+  state, shardings = trainkit.create_train_state(init, tx, mesh, config.rules, config.seed,
+                                                 params=with_encoder_params(fresh, encoder_params))
+  batch_sharding = trainkit.batch_sharding(mesh, config.rules)
+  step = trainkit.make_train_step(make_loss_fn(per_example, settings), tx, shardings, batch_sharding, mesh=mesh,
+                                  rules=config.rules, schedule=schedule, trainable=trainable,
+                                  grad_accum_steps=config.optimizer.grad_accum_steps)
+  data = trainkit.make_train_iterator(examples, global_batch_size=batch_size, seed=config.seed)
+  keeper = BestKeeper(workdir, select)
 
   def eval_fn(state) -> dict:
-    scores = evaluate(state.params, dev_arrays)
+    scores = evaluate(state.params, dev)
     keeper.offer(int(state.step), scores, state.params)
     return scores
 
@@ -159,9 +172,9 @@ def train(config, workdir: str) -> dict:
                               progress_bar=config.progress_bar)
   best_params = keeper.restore(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                                             state.params))
-  results = {"task": task.name, "seed": config.seed, "n_drop": config.cmp.n_drop, "target": config.cmp.target,
-             "train_size": len(keep), "steps": int(state.step), "best_step": keeper.best["step"],
-             "dev": keeper.best["dev"], "test": evaluate(best_params, test_arrays)}
+  results = {**info, "seed": config.seed, "n_drop": config.cmp.n_drop, "n_crop": config.cmp.get("n_crop", 0),
+             "target": config.cmp.target, "steps": int(state.step), "best_step": keeper.best["step"],
+             "dev": keeper.best["dev"], "test": evaluate(best_params, test)}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
