@@ -11,8 +11,24 @@ from tga_jax.llama_params import WeightsError
 from tga_jax.llm_loading import load_llm, save_llm_hf
 from tga_jax.models import KNOWN_MODELS
 from tga_jax.tokenizer import encode_chat, load_tokenizer
+# Vision-language (LLaVA-style) models: CLIP towers, preprocessing, projector, conversations, loading.
+from tga_jax.clip import ClipConfig, ClipModel, ClipTextTransformer, ClipVisionTransformer
+from tga_jax.clip_params import load_clip, load_clip_vision
+from tga_jax.conversation import (TEMPLATES, TokenizedConversation, caption_messages, llava_record_to_messages,
+                                  tokenize_conversation)
+from tga_jax.image_processing import ImageProcessingConfig, preprocess_image, preprocess_images
+from tga_jax.lvlm import LlavaLVLM, LvlmConfig
+from tga_jax.lvlm_batch import make_lvlm_batch
+from tga_jax.lvlm_params import (compose_lvlm, load_lvlm, save_lvlm_hf, save_projector, trainable_mask,
+                                 trainable_patterns)
+from tga_jax.projector import Projector, ProjectorConfig
 
 __all__ = [
     "KNOWN_MODELS", "LlamaConfig", "LlamaForCausalLM", "WeightsError", "encode_chat", "generate",
     "generate_tokens", "init_cache", "load_llm", "load_tokenizer", "save_llm_hf",
+    "ClipConfig", "ClipModel", "ClipTextTransformer", "ClipVisionTransformer", "ImageProcessingConfig",
+    "LlavaLVLM", "LvlmConfig", "Projector", "ProjectorConfig", "TEMPLATES", "TokenizedConversation",
+    "caption_messages", "compose_lvlm", "llava_record_to_messages", "load_clip", "load_clip_vision", "load_lvlm",
+    "make_lvlm_batch", "preprocess_image", "preprocess_images", "save_lvlm_hf", "save_projector",
+    "tokenize_conversation", "trainable_mask", "trainable_patterns",
 ]

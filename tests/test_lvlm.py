@@ -1,0 +1,281 @@
+"""The LLaVA-style LVLM vs transformers' LlavaForConditionalGeneration (tiny random CLIP + Llama).
+
+One batch holds a one-image sample, a two-image sample and a text-only (left-padded) sample; logits and
+hidden states must match within 1e-4 in float32 on the real positions. Also: both llava-hf key layouts,
+export back to a llava-hf folder that transformers loads, a composition of separate CLIP / LLM folders +
+a projector file, stage masks with trainkit, errors naming the sample, and a forward under a mesh.
+"""
+import json
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import tga_jax
+import trainkit
+from tga_jax import lvlm_params
+from tga_jax.llama_params import WeightsError
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TOL = 1e-4
+IMAGE_ID = 120
+VOCAB = 128
+SIZE, PATCH = 28, 7  # 16 patch tokens per image
+
+
+def _vision_config():
+  return transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                       num_attention_heads=4, image_size=SIZE, patch_size=PATCH)
+
+
+def _randomise_norms(model):
+  # HF norms start at weight 1 / bias 0: randomise them so a swapped or missing norm cannot pass.
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      if "norm" in name:
+        param.copy_(param + 0.2 * torch.randn_like(param))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  torch.manual_seed(0)
+  text = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                                  num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+                                  max_position_embeddings=128)
+  config = transformers.LlavaConfig(vision_config=_vision_config().to_dict(), text_config=text.to_dict(),
+                                    image_token_id=IMAGE_ID, vision_feature_layer=-2)
+  config._attn_implementation = "eager"
+  model = transformers.LlavaForConditionalGeneration(config).eval()
+  _randomise_norms(model)
+  folder = str(tmp_path_factory.mktemp("llava"))
+  model.save_pretrained(folder)
+  return model, folder
+
+
+def _batch(tokens_per_image, seed=0):
+  """input_ids with sample 0: one image, sample 1: two images, sample 2: text only (left padded)."""
+  n = tokens_per_image
+  rng = np.random.RandomState(seed)
+  ids = rng.randint(3, IMAGE_ID, (3, 2 * n + 12))
+  ids[0, 3:3 + n] = IMAGE_ID
+  ids[1, 2:2 + n] = IMAGE_ID
+  ids[1, 5 + n:5 + 2 * n] = IMAGE_ID
+  mask = np.ones_like(ids)
+  mask[2, :6] = 0
+  pixels = rng.randn(3, 2, SIZE, SIZE, 3).astype(np.float32)
+  pixels[0, 1] = 0
+  pixels[2] = 0
+  return ids, mask, pixels, np.array([1, 2, 0])
+
+
+def _torch_forward(model, ids, mask, pixels, counts):
+  flat = np.concatenate([pixels[b, :c] for b, c in enumerate(counts)])
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                 pixel_values=torch.tensor(flat.transpose(0, 3, 1, 2)), output_hidden_states=True)
+
+
+def _forward(module, params, ids, mask, pixels, **kwargs):
+  fn = jax.jit(lambda p, i, x, m: module.apply({"params": p}, i, x, m, output_hidden_states=True, **kwargs))
+  return fn(params, ids, pixels, mask)
+
+
+def _assert_matches(ref, logits, aux, mask):
+  real = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(logits)[real], ref.logits.numpy()[real], atol=TOL, rtol=0)
+  assert aux["hidden_states"].shape[0] == len(ref.hidden_states)
+  for i, state in enumerate(ref.hidden_states):
+    np.testing.assert_allclose(np.asarray(aux["hidden_states"][i])[real], state.numpy()[real], atol=TOL, rtol=0,
+                               err_msg=f"hidden state {i}")
+
+
+def test_llava_logits_match_transformers_with_one_two_and_no_images(reference):
+  model, folder = reference
+  module, params = tga_jax.load_lvlm(folder)
+  assert module.config.tokens_per_image == 16 and module.config.image_token_id == IMAGE_ID
+  ids, mask, pixels, counts = _batch(16)
+  ref = _torch_forward(model, ids, mask, pixels, counts)
+  logits, aux = _forward(module, params, ids, mask, pixels)
+  _assert_matches(ref, logits, aux, mask)
+  np.testing.assert_array_equal(np.asarray(aux["image_mask"]), ids == IMAGE_ID)
+  # The image-token mean of each layer is what the TGA loss reads; the text-only row has none (zeros).
+  image_means = np.asarray(aux["segment_means"]["image"])
+  assert image_means.shape == (4, 3, 64)
+  expected = (ref.hidden_states[2].numpy()[1] * (ids[1] == IMAGE_ID)[:, None]).sum(0) / 32
+  np.testing.assert_allclose(image_means[2, 1], expected, atol=TOL)
+  assert np.all(image_means[:, 2] == 0)
+
+
+def test_both_llava_hf_key_layouts_load_the_same(reference, tmp_path):
+  model, folder = reference
+  tensors = load_file(os.path.join(folder, "model.safetensors"))
+  assert any(k.startswith("language_model.model.") for k in tensors)  # transformers' own save: the hub layout
+  renamed = {}
+  for name, value in tensors.items():
+    for old, new in (("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."),
+                     ("vision_tower.", "model.vision_tower."), ("multi_modal_projector.", "model.multi_modal_projector.")):
+      if name.startswith(old):
+        name = new + name[len(old):]
+        break
+    renamed[name] = value
+  save_file(renamed, str(tmp_path / "model.safetensors"))
+  with open(os.path.join(folder, "config.json")) as f, open(tmp_path / "config.json", "w") as g:
+    g.write(f.read())
+  _, params_a = tga_jax.load_lvlm(folder)
+  _, params_b = tga_jax.load_lvlm(str(tmp_path))
+  jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+
+
+def test_export_to_llava_hf_reloads_in_transformers(reference, tmp_path):
+  model, folder = reference
+  module, params = tga_jax.load_lvlm(folder)
+  tga_jax.save_lvlm_hf(module, params, str(tmp_path))
+  keys = load_file(str(tmp_path / "model.safetensors")).keys()
+  assert any(k.startswith("vision_tower.vision_model.") for k in keys)
+  reloaded, info = transformers.LlavaForConditionalGeneration.from_pretrained(str(tmp_path), output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"], info
+  ids, mask, pixels, counts = _batch(16, seed=1)
+  ours = _torch_forward(model, ids, mask, pixels, counts)
+  theirs = _torch_forward(reloaded.eval(), ids, mask, pixels, counts)
+  real = mask.astype(bool)
+  np.testing.assert_allclose(theirs.logits.numpy()[real], ours.logits.numpy()[real], atol=1e-5)
+  _, again = tga_jax.load_lvlm(str(tmp_path))
+  jax.tree.map(np.testing.assert_array_equal, params, again)
+
+
+def test_composition_of_clip_llm_and_projector_equals_the_llava_model(reference, tmp_path):
+  model, folder = reference
+  module, params = tga_jax.load_lvlm(folder)
+  # The parts as a user has them: a CLIPModel folder, an LLM folder, LLaVA's projector file.
+  torch.manual_seed(1)
+  clip = transformers.CLIPModel(transformers.CLIPConfig(
+      vision_config=_vision_config().to_dict(),
+      text_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                       vocab_size=50, max_position_embeddings=16), projection_dim=8))
+  clip.vision_model.load_state_dict(model.model.vision_tower.state_dict())
+  clip.save_pretrained(str(tmp_path / "clip"))
+  tga_jax.save_llm_hf(module.config.llm, params["llm"], str(tmp_path / "llm"))
+  projector = str(tmp_path / "mm_projector.safetensors")
+  tga_jax.save_projector(module, params, projector)
+  assert set(load_file(projector)) == {"model.mm_projector.0.weight", "model.mm_projector.0.bias",
+                                       "model.mm_projector.2.weight", "model.mm_projector.2.bias"}
+  spec = tmp_path / "lvlm.json"
+  spec.write_text(json.dumps({"vision": "clip", "llm": "llm", "projector": "mm_projector.safetensors",
+                              "image_token_id": IMAGE_ID}))
+  composed, composed_params = tga_jax.load_lvlm(str(spec))
+  assert composed.config.projector.kind == "mlp2x_gelu"
+  jax.tree.map(np.testing.assert_allclose, params, composed_params)
+  # Without a projector file: a fresh projector (stage 1), LLaVA's placeholder id -200 by default.
+  fresh, fresh_params = tga_jax.compose_lvlm(str(tmp_path / "clip"), str(tmp_path / "llm"), projector_type="linear")
+  assert fresh.config.image_token_id == -200
+  assert fresh_params["projector"]["linear_1"]["kernel"].shape == (32, 64)
+  ids, mask, pixels, _ = _batch(16)
+  ids = np.where(ids == IMAGE_ID, -200, ids)
+  logits, _ = _forward(fresh, fresh_params, ids, mask, pixels)
+  assert np.all(np.isfinite(np.asarray(logits)))
+
+
+def test_stage_masks_freeze_the_vision_tower(reference):
+  _, folder = reference
+  _, params = tga_jax.load_lvlm(folder)
+  for stage, trained in ((1, {"projector"}), (2, {"projector", "llm"})):
+    mask = tga_jax.trainable_mask(params, stage)
+    for group in ("vision", "projector", "llm"):
+      leaves = jax.tree.leaves(mask[group])
+      assert all(leaves) if group in trained else not any(leaves), (stage, group)
+  opt = {"learning_rate": 1e-3, "trainable": tga_jax.trainable_patterns(1), "clip_norm": 1.0}
+  import ml_collections
+  tx, _, mask = trainkit.make_optimizer(ml_collections.ConfigDict(opt), 10, params)
+  state = tx.init(params)
+  sizes = sum(x.size for x in jax.tree.leaves(state) if hasattr(x, "size") and x.ndim)
+  projector_size = sum(x.size for x in jax.tree.leaves(params["projector"]))
+  assert sizes == 2 * projector_size  # Adam moments for the projector only
+  with pytest.raises(ValueError, match="stage=3"):
+    tga_jax.trainable_patterns(3)
+
+
+def test_gradients_reach_projector_not_vision(reference):
+  _, folder = reference
+  module, params = tga_jax.load_lvlm(folder)
+  ids, mask, pixels, _ = _batch(16)
+
+  def loss(p):
+    logits, _ = module.apply({"params": p}, ids, pixels, mask)
+    return (logits ** 2).mean()
+
+  grads = jax.jit(jax.grad(loss))(params)
+  assert float(np.abs(np.asarray(grads["projector"]["linear_1"]["kernel"])).max()) > 0
+  assert all(float(np.abs(np.asarray(g)).max()) == 0 for g in jax.tree.leaves(grads["vision"]))
+
+
+def test_bad_inputs_name_the_sample(reference):
+  _, folder = reference
+  module, params = tga_jax.load_lvlm(folder)
+  ids, mask, pixels, counts = _batch(16)
+  apply = lambda i, x, **kw: module.apply({"params": params}, i, x, mask, **kw)  # noqa: E731
+  with pytest.raises(ValueError, match=r"sample 1: 2 <image> placeholder\(s\) in input_ids but 1 image\(s\) given"):
+    apply(ids, pixels, image_counts=np.array([1, 1, 0]))
+  with pytest.raises(ValueError, match=r"sample 1: 2 <image> placeholder\(s\) .* 1 image slot"):
+    apply(ids, pixels[:, :1])
+  broken = ids.copy()
+  broken[0, 3] = 5
+  with pytest.raises(ValueError, match="sample 0: 15 image tokens"):
+    apply(broken, pixels)
+  with pytest.raises(ValueError, match=r"pixel_values has shape \(3, 2, 27, 28, 3\)"):
+    apply(ids, pixels[:, :, 1:])
+  # The data-side batch builder names the sample and image.
+  tokens = _tokens_with_images(module, [1, 2, 0])
+  good = np.zeros((SIZE, SIZE, 3), np.float32)
+  with pytest.raises(ValueError, match=r"sample 2: 0 <image> placeholder\(s\) in the conversation but 1 image"):
+    tga_jax.make_lvlm_batch([(tokens[0], [good]), (tokens[1], [good, good]), (tokens[2], [good])], module.config)
+  with pytest.raises(ValueError, match=r"sample 1, image 1: preprocessed image has shape \(30, 30, 3\)"):
+    tga_jax.make_lvlm_batch([(tokens[0], [good]), (tokens[1], [good, np.zeros((30, 30, 3), np.float32)]),
+                             (tokens[2], [])], module.config)
+
+
+def _tokens_with_images(module, counts, length=48):
+  """TokenizedConversations (no tokenizer needed: built by hand) with the given image counts."""
+  out = []
+  n = module.config.tokens_per_image
+  for c in counts:
+    ids = np.full(length, 7, np.int32)
+    spans = [(1 + k * n, 1 + (k + 1) * n) for k in range(c)]
+    for start, end in spans:
+      ids[start:end] = IMAGE_ID
+    out.append(tga_jax.TokenizedConversation(ids, np.ones(length, np.int32), np.zeros(length, bool),
+                                             {"image": spans} if c else {}, c, False, length))
+  return out
+
+
+def test_batch_from_raw_images_runs_under_a_mesh(reference):
+  model, folder = reference
+  module, params = tga_jax.load_lvlm(folder)
+  tokens = _tokens_with_images(module, [1, 2, 0, 1])
+  rng = np.random.RandomState(0)
+  raw = [rng.randint(0, 256, (20 + 7 * i, 40, 3)).astype(np.uint8) for i in range(4)]
+  batch = tga_jax.make_lvlm_batch([(tokens[0], raw[:1]), (tokens[1], raw[1:3]), (tokens[2], []),
+                                   (tokens[3], raw[3:])], module.config, max_images=2)
+  assert batch["pixel_values"].shape == (4, 2, SIZE, SIZE, 3)
+  np.testing.assert_array_equal(batch["image_counts"], [1, 2, 0, 1])
+  np.testing.assert_allclose(batch["pixel_values"][1, 1], tga_jax.preprocess_image(raw[2], module.config.image_processing))
+  args = (batch["input_ids"], batch["pixel_values"], batch["attention_mask"])
+  expected, _ = _forward(module, params, args[0], args[2], args[1])
+
+  mesh = trainkit.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  abstract = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *args))
+  shardings = trainkit.logical_to_shardings(abstract["params"], mesh, trainkit.DEFAULT_RULES)
+  placed = jax.device_put(params, shardings)
+
+  sharded = jax.jit(lambda p, i, x, m: module.apply({"params": p}, i, x, m)[0])
+  with jax.set_mesh(mesh), nn.logical_axis_rules(trainkit.DEFAULT_RULES):
+    logits = sharded(placed, *args)
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), atol=1e-5)
+  # A fresh init under the mesh works too (full-shape kernels keep the logical names valid).
+  with jax.set_mesh(mesh), nn.logical_axis_rules(trainkit.DEFAULT_RULES):
+    fresh = jax.jit(lambda: module.init(jax.random.PRNGKey(0), *args))()
+  assert jax.tree.structure(nn.meta.unbox(fresh["params"])) == jax.tree.structure(params)
