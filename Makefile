@@ -27,11 +27,17 @@ $(VENV)/.installed-test: $(VENV)/.installed
 test: setup-test
 	$(BIN)/python -m pytest -q tests
 
+test-fast: setup-test
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
 demo: setup
 	rm -rf $(DEMO_DIR)
-	$(BIN)/python launch/demo.py --workdir=$(DEMO_DIR) --config=configs/demo/digits.py
-	@# Same command again: it finds the checkpoint and resumes to the longer horizon.
-	$(BIN)/python launch/demo.py --workdir=$(DEMO_DIR) --config=configs/demo/digits.py --config.total_steps=300
+	@echo "== 1/2 trainkit runtime: sharded digits MLP, checkpoint, then resume to a longer horizon"
+	$(BIN)/python launch/demo.py --workdir=$(DEMO_DIR)/runtime --config=configs/demo/digits.py
+	$(BIN)/python launch/demo.py --workdir=$(DEMO_DIR)/runtime --config=configs/demo/digits.py --config.total_steps=300
+	@echo "== 2/2 comparative loss: BBC News, 64 training articles, MiniLM-L6, baseline vs CmpLoss c=2, 2 seeds"
+	$(BIN)/python launch/sweep.py --config=configs/comploss/bbc.py:train_size=64,seeds=2,epochs=8 \
+	    --workdir=$(DEMO_DIR)/bbc --set progress_bar=false
 
 clean:
 	rm -rf $(VENV) runs

@@ -4,21 +4,22 @@
     python launch/sweep.py --config=configs/comploss/bbc.py:train_size=128 --workdir=runs/bbc_sweep
 
 Arg string: train_size (training examples, class-stratified; 0 = all 1,558), c (dropout submodels;
-0 = baseline), seed, epochs, seeds (how many seeds sweep() runs).
+0 = baseline), seed, epochs, seeds (how many seeds sweep() runs), max_length (tokens of each
+article read: the headline and first sentences carry the topic).
 """
 from configs.comploss.common import base_config, parse
 
 
 def get_config(arg: str = ""):
-  a = parse(arg, train_size=128, c=0, seed=0, epochs=8, seeds=3)
+  a = parse(arg, train_size=128, c=0, seed=0, epochs=10, seeds=3, max_length=48)
   return base_config(
       trainer="comploss_jax.train", task="bbc", model="all-minilm-l6-v2", seed=a["seed"], epochs=a["epochs"],
-      n_drop=a["c"], learning_rate=1e-4, batch_size=16,
-      data=dict(bbc_dir="", glue_dir="", max_length=64, train_size=a["train_size"], subset_seed=0))
+      n_drop=a["c"], learning_rate=2e-4, batch_size=16,
+      data=dict(bbc_dir="", glue_dir="", max_length=a["max_length"], train_size=a["train_size"], subset_seed=0))
 
 
 def sweep(arg: str = ""):
   """Seeds x {baseline, CmpLoss c=2} at the same budget (same steps, batch and learning rate)."""
-  seeds = parse(arg, train_size=128, c=0, seed=0, epochs=8, seeds=3)["seeds"]
+  seeds = parse(arg, train_size=128, c=0, seed=0, epochs=10, seeds=3, max_length=48)["seeds"]
   return [{"_variant": "baseline" if c == 0 else f"cmploss_c{c}", "seed": seed, "cmp.n_drop": c}
           for c in (0, 2) for seed in range(seeds)]
