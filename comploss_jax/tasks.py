@@ -39,23 +39,6 @@ TASKS = {
     "rte": _glue("rte", 2, ("sentence1", "sentence2"), ("accuracy",)),
 }
 
-# Per-task settings of the paper's GLUE runs (bert-base-cased, max length 128): the number of
-# ablated submodels c, the baseline target, and the baselines' learning rate and epochs.
-PAPER_HPARAMS = {
-    "cola": dict(c=4, target="ultra", learning_rate=1e-5, epochs=10),
-    "sst2": dict(c=2, target="ultra", learning_rate=1e-5, epochs=10),
-    "mrpc": dict(c=1, target="ultra", learning_rate=1e-5, epochs=10),
-    "stsb": dict(c=4, target="first", learning_rate=1e-5, epochs=10),
-    "qqp": dict(c=2, target="first", learning_rate=1e-5, epochs=10),
-    "mnli": dict(c=3, target="first", learning_rate=2e-5, epochs=3),
-    "qnli": dict(c=4, target="ultra", learning_rate=2e-5, epochs=3),
-    "rte": dict(c=1, target="first", learning_rate=1e-5, epochs=10),
-    # SQuAD v1.1 (max 512, stride 128, batch 12, c = 2 ultra) for bert-base; HotpotQA c = 1.
-    "squad": dict(c=2, target="ultra", learning_rate=3e-5, epochs=2),
-    "hotpot": dict(c=1, target="ultra", learning_rate=3e-5, epochs=3),
-}
-
-
 def get_task(name: str) -> ClassificationTask:
   if name not in TASKS:
     raise ValueError(f"task={name!r}: expected one of {sorted(TASKS)} (or 'squad', 'hotpot')")
