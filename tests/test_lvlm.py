@@ -279,3 +279,61 @@ def test_batch_from_raw_images_runs_under_a_mesh(reference):
   with jax.set_mesh(mesh), nn.logical_axis_rules(trainkit.DEFAULT_RULES):
     fresh = jax.jit(lambda: module.init(jax.random.PRNGKey(0), *args))()
   assert jax.tree.structure(nn.meta.unbox(fresh["params"])) == jax.tree.structure(params)
+
+
+def test_conversations_to_batch_to_model(reference):
+  from tests.test_conversation import word_tokenizer
+  _, folder = reference
+  module, params = tga_jax.load_lvlm(folder)
+  tok = word_tokenizer()
+  records = [
+      ({"id": "a", "conversations": [{"from": "human", "value": "<image>\nWhat is this?"},
+                                     {"from": "gpt", "value": "A red cat."}]}, "a dog on grass", 1),
+      ({"id": "b", "conversations": [{"from": "human", "value": "<image><image>\nCompare them."},
+                                     {"from": "gpt", "value": "Both dogs."}]}, "a dog", 2),
+      ({"id": "tox", "conversations": [{"from": "human", "value": "What is this?"},
+                                       {"from": "gpt", "value": "A red cat."}]}, None, 0),
+  ]
+  rng = np.random.RandomState(0)
+  samples = []
+  for record, retrieved, images in records:
+    messages = tga_jax.llava_record_to_messages(record, retrieved=retrieved)
+    tokens = tga_jax.tokenize_conversation(messages, tok, "llava_llama_2", image_token_id=IMAGE_ID,
+                                           tokens_per_image=module.config.tokens_per_image, max_length=112)
+    samples.append((tokens, [rng.randint(0, 256, (30, 40, 3)).astype(np.uint8) for _ in range(images)]))
+  batch = tga_jax.make_lvlm_batch(samples, module.config, max_images=2)
+  fn = jax.jit(lambda p, b: module.apply({"params": p}, b["input_ids"], b["pixel_values"], b["attention_mask"],
+                                         output_hidden_states=True, image_counts=b["image_counts"],
+                                         segment_masks=b["segments"]))
+  logits, aux = fn(params, batch)
+  states = np.asarray(aux["hidden_states"])
+  for name in ("retrieved", "question", "image"):
+    mask = batch["segments"][name]
+    for b in range(3):
+      if mask[b].any():
+        np.testing.assert_allclose(np.asarray(aux["segment_means"][name])[:, b], states[:, b][:, mask[b]].mean(1),
+                                   atol=1e-5)
+  assert batch["segments"]["retrieved"][2].sum() == 0 and batch["segments"]["question"][2].sum() == 4
+  np.testing.assert_array_equal(np.asarray(aux["image_mask"]), batch["segments"]["image"])
+  # The text-only sample gives the same logits without any pixel_values.
+  alone, _ = jax.jit(lambda p, i, m: module.apply({"params": p}, i, None, m))(
+      params, batch["input_ids"][2:], batch["attention_mask"][2:])
+  real = batch["attention_mask"][2].astype(bool)
+  np.testing.assert_allclose(np.asarray(alone)[0][real], np.asarray(logits)[2][real], atol=1e-5)
+  # The LM loss reads logits at t - 1 for every assistant token t.
+  targets = batch["input_ids"][:, 1:]
+  logp = jax.nn.log_softmax(logits[:, :-1])
+  nll = -np.take_along_axis(np.asarray(logp), targets[..., None], -1)[..., 0]
+  weights = batch["loss_mask"][:, 1:]
+  assert weights.sum() == 5 + 4 + 5 and np.isfinite((nll * weights).sum() / weights.sum())
+
+
+def test_bfloat16_forward_runs_close_to_float32(reference):
+  _, folder = reference
+  module, params = tga_jax.load_lvlm(folder)
+  half, half_params = tga_jax.load_lvlm(folder, dtype="bfloat16")
+  ids, mask, pixels, _ = _batch(16)
+  full, _ = jax.jit(lambda p: module.apply({"params": p}, ids, pixels, mask))(params)
+  low, _ = jax.jit(lambda p: half.apply({"params": p}, ids, pixels, mask))(half_params)
+  real = mask.astype(bool)
+  assert np.abs(np.asarray(low)[real] - np.asarray(full)[real]).max() < 0.1
