@@ -150,3 +150,19 @@ def test_bfloat16_matmuls_stay_close_to_float32(tmp_path):
   assert logits16.dtype == jnp.float32
   real = left.astype(bool)
   assert np.abs(np.asarray(logits16 - logits32)[real]).max() < 0.05
+
+
+def test_unscanned_layers_match_the_scan(pair):
+  """scan_layers=False (what generation uses) on unstacked params: the same logits and taps."""
+  name, _, module, params = pair
+  ids, left, _ = batch()
+  loop = LlamaForCausalLM(LlamaConfig(**{**module.config.__dict__, "scan_layers": False}))
+  unstacked = tga_jax.unstack_layers(params)
+  assert "layers" not in unstacked and f"layers_{module.config.num_layers - 1}" in unstacked
+  jax.tree.map(np.testing.assert_array_equal, tga_jax.stack_layers(unstacked), params)
+  want, want_aux = module.apply({"params": params}, ids, left, output_hidden_states=True, output_last_attention=True)
+  got, got_aux = jax.jit(lambda p: loop.apply({"params": p}, ids, left, output_hidden_states=True,
+                                              output_last_attention=True))(unstacked)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  np.testing.assert_allclose(got_aux["hidden_states"], want_aux["hidden_states"], atol=1e-5)
+  np.testing.assert_allclose(got_aux["last_attention"], want_aux["last_attention"], atol=1e-6)

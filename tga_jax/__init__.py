@@ -6,7 +6,7 @@
     texts = tga_jax.generate(module, params, tokenizer, ["Hello"], max_new_tokens=32)
 """
 from tga_jax.generate import generate, generate_tokens
-from tga_jax.llama import LlamaConfig, LlamaForCausalLM, init_cache
+from tga_jax.llama import LlamaConfig, LlamaForCausalLM, init_cache, stack_layers, unstack_layers
 from tga_jax.llama_params import WeightsError
 from tga_jax.llm_loading import load_llm, save_llm_hf
 from tga_jax.models import KNOWN_MODELS
@@ -25,7 +25,8 @@ from tga_jax.projector import Projector, ProjectorConfig
 
 __all__ = [
     "KNOWN_MODELS", "LlamaConfig", "LlamaForCausalLM", "WeightsError", "encode_chat", "generate",
-    "generate_tokens", "init_cache", "load_llm", "load_tokenizer", "save_llm_hf",
+    "generate_tokens", "init_cache", "load_llm", "load_tokenizer", "save_llm_hf", "stack_layers",
+    "unstack_layers",
     "ClipConfig", "ClipModel", "ClipTextTransformer", "ClipVisionTransformer", "ImageProcessingConfig",
     "LlavaLVLM", "LvlmConfig", "Projector", "ProjectorConfig", "TEMPLATES", "TokenizedConversation",
     "caption_messages", "compose_lvlm", "llava_record_to_messages", "load_clip", "load_clip_vision", "load_lvlm",

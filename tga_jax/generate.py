@@ -13,6 +13,7 @@ CLI (applies the chat template, streams tokens as they come):
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tga_jax.llama import LlamaConfig, LlamaForCausalLM, init_cache
+from tga_jax.llama import LlamaConfig, LlamaForCausalLM, init_cache, unstack_layers
 
 
 def sample_next(logits, rng, sampling):
@@ -127,6 +128,11 @@ def generate_tokens(module: LlamaForCausalLM, params, input_ids, attention_mask,
       finished bool[B])` runs after each chunk and may return a bool[B] of rows to stop (stop strings).
   """
   config = module.config
+  if config.scan_layers:
+    # Decoding reads every weight once per token; separate per-layer buffers avoid XLA CPU's copy of each
+    # layer's slice out of the stacked weights (4x faster at batch 1). Prefill runs this way too.
+    config = dataclasses.replace(config, scan_layers=False)
+    params = unstack_layers(params)
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
   input_ids = np.asarray(input_ids, np.int32)

@@ -38,6 +38,10 @@ class LlamaConfig:
   dtype: matmul / activation dtype ('float32' on CPU, 'bfloat16' on TPU/GPU); params stay `param_dtype`.
   remat_policy: one of REMAT_POLICIES ('none' = no rematerialisation).
   scan_unroll: layers per scan iteration (1 = smallest program; num_layers = fully unrolled).
+  scan_layers: True: one scanned layer, params stacked under 'layers' (fast compiles, the layout
+    checkpoints use). False: a Python loop over 'layers_0'...'layers_{L-1}' (see `unstack_layers`);
+    on CPU, XLA copies each layer's slice out of stacked weights, which dominates batch-1 decoding,
+    so generation runs this way.
   """
   vocab_size: int = 32000
   hidden_size: int = 4096
@@ -62,6 +66,7 @@ class LlamaConfig:
   param_dtype: str = "float32"
   remat_policy: str = "dots_with_no_batch_dims_saveable"
   scan_unroll: int = 1
+  scan_layers: bool = True
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -182,7 +187,8 @@ class Attention(nn.Module):
       cache_index: int32[] slot of the first query in the cache (ignored without a cache).
       layer_cache: None, or (k, v) float[B, S, KV, head_dim]: this layer's cache (K = S).
     Returns:
-      (float[B, T, D], (new k, new v) or None, float32[B, H, K] attention of `last_index` or None).
+      (float[B, T, D], this call's (k, v) float[B, T, KV, head_dim] or None, float32[B, H, K] attention of
+      `last_index` or None).
     """
     cfg = self.config
     kv, hd = cfg.num_kv_heads, cfg.head_dim
@@ -196,10 +202,12 @@ class Attention(nn.Module):
     new_cache = None
     if layer_cache is not None:
       cache_k, cache_v = layer_cache
+      # Only this call's rows go back out (the caller writes them into the stacked cache): returning
+      # the whole updated cache would copy all of it every decode step.
+      new_cache = (k.astype(cache_k.dtype), v.astype(cache_v.dtype))
       start = (0, cache_index, 0, 0)
-      k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
-      v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
-      new_cache = (k, v)
+      k = jax.lax.dynamic_update_slice(cache_k, new_cache[0], start)
+      v = jax.lax.dynamic_update_slice(cache_v, new_cache[1], start)
 
     batch, length = q.shape[:2]
     # Query head h reads kv head h // groups (HF's repeat_kv order), so split heads as (kv, groups).
@@ -327,13 +335,22 @@ class LlamaForCausalLM(nn.Module):
     layer = DecoderLayer
     if cfg.remat_policy != "none":
       layer = nn.remat(layer, prevent_cse=False, policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
-    layers = nn.scan(
-        layer, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(nn.broadcast,) * 5 + (0,), length=cfg.num_layers, unroll=cfg.scan_unroll,
-        metadata_params={nn.PARTITION_NAME: "layers"},
-    )(cfg, output_hidden_states, output_last_attention, name="layers")
-    layer_cache = None if cache is None else (cache["k"], cache["v"])
-    h, (taps, new_cache) = layers(h, cos, sin, allowed, last_index, start, layer_cache)
+    if cfg.scan_layers:
+      layers = nn.scan(
+          layer, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(nn.broadcast,) * 5 + (0,), length=cfg.num_layers, unroll=cfg.scan_unroll,
+          metadata_params={nn.PARTITION_NAME: "layers"},
+      )(cfg, output_hidden_states, output_last_attention, name="layers")
+      layer_cache = None if cache is None else (cache["k"], cache["v"])
+      h, (taps, new_rows) = layers(h, cos, sin, allowed, last_index, start, layer_cache)
+    else:
+      outputs = []
+      for i in range(cfg.num_layers):
+        layer_cache = None if cache is None else (cache["k"][i], cache["v"][i])
+        h, out = layer(cfg, output_hidden_states, output_last_attention, name=f"layers_{i}")(
+            h, cos, sin, allowed, last_index, start, layer_cache)
+        outputs.append(out)
+      taps, new_rows = jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
 
     final = RMSNorm(cfg.rms_norm_eps, jnp.dtype(cfg.param_dtype), name="final_norm")(h)
     aux = {"last_hidden_state": final}
@@ -342,8 +359,10 @@ class LlamaForCausalLM(nn.Module):
       aux["hidden_states"] = jnp.concatenate([embedded[None], taps["hidden"][:-1], final[None]], axis=0)
     if output_last_attention:
       aux["last_attention"] = taps["last_attention"]
-    if new_cache is not None:
-      aux["cache"] = {"k": new_cache[0], "v": new_cache[1]}
+    if cache is not None:
+      at = (0, 0, start, 0, 0)
+      aux["cache"] = {"k": jax.lax.dynamic_update_slice(cache["k"], new_rows[0], at),
+                      "v": jax.lax.dynamic_update_slice(cache["v"], new_rows[1], at)}
 
     if last_only:
       final = final[jnp.arange(batch), last_index]
@@ -359,3 +378,25 @@ def init_cache(config: LlamaConfig, batch: int, length: int, dtype=None) -> dict
   shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
   dtype = jnp.dtype(dtype or config.dtype)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def unstack_layers(params: dict) -> dict:
+  """Stacked params (`layers/...` float[L, ...]) -> the scan_layers=False layout (`layers_i/...`)."""
+  if "layers" not in params:
+    return params
+  stacked = params["layers"]
+  count = jax.tree.leaves(stacked)[0].shape[0]
+  out = {k: v for k, v in params.items() if k != "layers"}
+  for i in range(count):
+    out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  return out
+
+
+def stack_layers(params: dict) -> dict:
+  """The inverse of `unstack_layers`."""
+  names = sorted((k for k in params if k.startswith("layers_")), key=lambda k: int(k.split("_")[1]))
+  if not names:
+    return params
+  out = {k: v for k, v in params.items() if not k.startswith("layers_")}
+  out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[k] for k in names])
+  return out
