@@ -275,9 +275,9 @@ def test_batch_from_raw_images_runs_under_a_mesh(reference):
   with jax.set_mesh(mesh), nn.logical_axis_rules(trainkit.DEFAULT_RULES):
     logits = sharded(placed, *args)
   np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), atol=1e-5)
-  # A fresh init under the mesh works too (full-shape kernels keep the logical names valid).
+  # A fresh init traces under the mesh too (full-shape kernels keep the logical names valid).
   with jax.set_mesh(mesh), nn.logical_axis_rules(trainkit.DEFAULT_RULES):
-    fresh = jax.jit(lambda: module.init(jax.random.PRNGKey(0), *args))()
+    fresh = jax.eval_shape(jax.jit(lambda: module.init(jax.random.PRNGKey(0), *args)))
   assert jax.tree.structure(nn.meta.unbox(fresh["params"])) == jax.tree.structure(params)
 
 

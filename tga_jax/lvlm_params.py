@@ -11,14 +11,15 @@ Params: {'vision': CLIP vision tower, 'projector': {'linear_1', ...}, 'llm': Lla
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
 
+import flax.linen as nn
 import jax
 import numpy as np
 
+import trainkit
 from tga_jax import clip_params, llama_params
 from tga_jax.clip import ClipConfig
 from tga_jax.image_processing import ImageProcessingConfig
@@ -53,8 +54,7 @@ def trainable_patterns(stage: int) -> tuple[str, ...]:
 
 def trainable_mask(params, stage: int):
   """Bool tree over `params` ({'vision', 'projector', 'llm'}): True where the stage trains."""
-  from trainkit.optim import trainable_mask as mask_from_patterns
-  return mask_from_patterns(params, trainable_patterns(stage))
+  return trainkit.trainable_mask(params, trainable_patterns(stage))
 
 
 def _read_json(path: str) -> dict:
@@ -288,17 +288,12 @@ def compose_lvlm(vision: str, llm: str, projector: str | None = None, projector_
                          f"({vcfg.hidden_size} -> {llm_module.config.hidden_size}):\n  " + "\n  ".join(problems))
   else:
     features = np.zeros((1, vcfg.hidden_size), np.float32)
-    projector_params = jax.tree.map(np.asarray, _unbox(Projector(pcfg).init(jax.random.PRNGKey(seed), features)))
-    projector_params = projector_params["params"]
+    initial = Projector(pcfg).init(jax.random.PRNGKey(seed), features)["params"]
+    projector_params = jax.tree.map(np.asarray, nn.meta.unbox(initial))
   processing = ImageProcessingConfig.from_folder(vision, overrides.get("image_aspect", "pad"), vcfg.image_size)
   config = LvlmConfig(vcfg, pcfg, llm_module.config, int(image_token_id), bool(overrides.get("train_vision", False)),
                       processing)
   return LlavaLVLM(config), {"vision": vision_params, "projector": projector_params, "llm": llm_params}
-
-
-def _unbox(tree):
-  import flax.linen as nn
-  return nn.meta.unbox(tree)
 
 
 def _load_composition(spec_path: str, overrides: dict) -> tuple[LlavaLVLM, dict]:
@@ -377,9 +372,8 @@ def save_lvlm_hf(module: LlavaLVLM, params, folder: str, tokenizer=None) -> str:
   save_file(params_to_hf(params, config), os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
   with open(os.path.join(folder, "config.json"), "w") as f:
     json.dump(hf, f, indent=2)
-  processing = dataclasses.replace(config.image_processing)
   with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
-    json.dump(processing.to_hf(), f, indent=2)
+    json.dump(config.image_processing.to_hf(), f, indent=2)
   if tokenizer is not None:
     tokenizer.save_pretrained(folder)
   return folder
