@@ -22,6 +22,7 @@ from tga_jax.lvlm_batch import make_lvlm_batch
 from tga_jax.lvlm_params import (compose_lvlm, load_lvlm, save_lvlm_hf, save_projector, trainable_mask,
                                  trainable_patterns)
 from tga_jax.projector import Projector, ProjectorConfig
+from tga_jax.siglip import SiglipVisionTransformer
 
 __all__ = [
     "KNOWN_MODELS", "LlamaConfig", "LlamaForCausalLM", "WeightsError", "encode_chat", "generate",
@@ -31,5 +32,5 @@ __all__ = [
     "LlavaLVLM", "LvlmConfig", "Projector", "ProjectorConfig", "TEMPLATES", "TokenizedConversation",
     "caption_messages", "compose_lvlm", "llava_record_to_messages", "load_clip", "load_clip_vision", "load_lvlm",
     "make_lvlm_batch", "preprocess_image", "preprocess_images", "save_lvlm_hf", "save_projector",
-    "tokenize_conversation", "trainable_mask", "trainable_patterns",
+    "tokenize_conversation", "trainable_mask", "trainable_patterns", "SiglipVisionTransformer",
 ]

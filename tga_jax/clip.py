@@ -51,6 +51,8 @@ class ClipConfig:
   num_channels: int = 3
   feature_layer: int = -2
   feature_strategy: str = "default"
+  model_type: str = "clip"  # 'clip', or 'siglip' (vision only: no class token, post-LN on all tokens)
+  use_head: bool = True  # siglip: the attention-pooling head that gives the pooled output
   vocab_size: int = 49408
   max_position_embeddings: int = 77
   eos_token_id: int = 2
@@ -63,6 +65,8 @@ class ClipConfig:
       raise ValueError(f"hidden_act={self.hidden_act!r}: expected one of {sorted(ACTIVATIONS)}")
     if self.hidden_size % self.num_heads:
       raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of num_heads={self.num_heads}")
+    if self.model_type not in ("clip", "siglip"):
+      raise ValueError(f"model_type={self.model_type!r}: expected 'clip' or 'siglip'")
     if self.feature_strategy not in FEATURE_STRATEGIES:
       raise ValueError(f"feature_strategy={self.feature_strategy!r}: expected one of {FEATURE_STRATEGIES}")
     if not -(self.num_layers + 1) <= self.feature_layer <= self.num_layers:
@@ -82,9 +86,15 @@ class ClipConfig:
     return self.grid ** 2
 
   @property
+  def num_tokens(self) -> int:
+    """Tokens per image in the encoder: the patches, and CLIP's class token."""
+    return self.num_patches + (self.model_type == "clip")
+
+  @property
   def num_features(self) -> int:
-    """Tokens per image in `aux['features']` (576 for ViT-L/14 at 336 px, 'default')."""
-    return self.num_patches + (self.feature_strategy == "full")
+    """Tokens per image in `aux['features']` (576 for ViT-L/14 at 336 px, 'default': the first token,
+    CLIP's class token, dropped -- transformers drops it for SigLIP too, where it is a patch)."""
+    return self.num_tokens - (self.feature_strategy == "default")
 
   @property
   def feature_index(self) -> int:

@@ -15,11 +15,12 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from tga_jax.clip import ClipConfig, ClipModel, ClipTextTransformer, ClipVisionTransformer
+from tga_jax.clip import ClipConfig, ClipModel
 from tga_jax.llama_params import WeightsError, read_safetensors_folder
+from tga_jax.siglip import vision_tower
 
 Tensors = Mapping[str, tuple[tuple, Callable[[], np.ndarray]]]
-VISION_TYPES = ("clip_vision_model",)
+VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
 TEXT_TYPES = ("clip_text_model",)
 
 
@@ -29,9 +30,11 @@ def vision_config_from_hf(hf: Mapping, where: str = "config.json", **overrides) 
   model_type = hf.get("model_type", "clip_vision_model")
   if model_type not in VISION_TYPES:
     raise ValueError(f"{where}: vision model_type={model_type!r} is not supported; expected one of {VISION_TYPES}")
-  fields = _common_fields(hf, where)
-  fields.update(image_size=int(hf.get("image_size", 224)), patch_size=int(hf.get("patch_size", 32)),
-                num_channels=int(hf.get("num_channels", 3)))
+  siglip = model_type == "siglip_vision_model"
+  fields = _common_fields(hf, where, "gelu_pytorch_tanh" if siglip else "quick_gelu", 1e-6 if siglip else 1e-5)
+  fields.update(image_size=int(hf.get("image_size", 224)), patch_size=int(hf.get("patch_size", 16 if siglip else 32)),
+                num_channels=int(hf.get("num_channels", 3)), model_type="siglip" if siglip else "clip",
+                use_head=bool(hf.get("vision_use_head", True)))
   fields.update(overrides)
   return ClipConfig(**fields)
 
@@ -49,23 +52,25 @@ def text_config_from_hf(hf: Mapping, where: str = "config.json", **overrides) ->
   return ClipConfig(**fields)
 
 
-def _common_fields(hf: Mapping, where: str) -> dict:
+def _common_fields(hf: Mapping, where: str, default_act: str = "quick_gelu", default_eps: float = 1e-5) -> dict:
   missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads") if k not in hf]
   if missing:
     raise ValueError(f"{where}: CLIP config lacks {missing}")
-  act = hf.get("hidden_act", "quick_gelu")
+  act = hf.get("hidden_act", default_act)
   if act not in ("quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh"):
     raise ValueError(f"{where}: hidden_act={act!r} is not supported")
   return dict(hidden_size=int(hf["hidden_size"]), intermediate_size=int(hf["intermediate_size"]),
               num_layers=int(hf["num_hidden_layers"]), num_heads=int(hf["num_attention_heads"]),
-              layer_norm_eps=float(hf.get("layer_norm_eps", 1e-5)), hidden_act=act)
+              layer_norm_eps=float(hf.get("layer_norm_eps", default_eps)), hidden_act=act)
 
 
 def vision_config_to_hf(cfg: ClipConfig, projection_dim: int | None = None) -> dict:
-  hf = dict(model_type="clip_vision_model", hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+  hf = dict(model_type=f"{cfg.model_type}_vision_model", hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
             num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, layer_norm_eps=cfg.layer_norm_eps,
             hidden_act=cfg.hidden_act, image_size=cfg.image_size, patch_size=cfg.patch_size,
             num_channels=cfg.num_channels)
+  if cfg.model_type == "siglip":
+    hf["vision_use_head"] = cfg.use_head
   if projection_dim:
     hf["projection_dim"] = projection_dim
   return hf
@@ -138,6 +143,53 @@ VISION_RULES: tuple[Rule, ...] = (
     *_norm_rules("post_layernorm", "post_layernorm"),
     *_layer_rules(),
 )
+
+def _siglip_head_rules() -> tuple[Rule, ...]:
+  d3 = lambda c: (3 * c.hidden_size, c.hidden_size)  # noqa: E731
+  return (
+      Rule("head.probe", ("head", "probe"), lambda c: (1, 1, c.hidden_size), lambda w, c: w.reshape(-1),
+           lambda w, c: w.reshape(1, 1, -1)),
+      # torch MultiheadAttention's packed q/k/v [3D, D] <-> our [D, 3, H, hd]
+      Rule("head.attention.in_proj_weight", ("head", "qkv", "kernel"), d3,
+           lambda w, c: w.T.reshape(c.hidden_size, 3, c.num_heads, c.head_dim),
+           lambda w, c: w.reshape(c.hidden_size, -1).T),
+      Rule("head.attention.in_proj_bias", ("head", "qkv", "bias"), lambda c: (3 * c.hidden_size,),
+           lambda w, c: w.reshape(3, c.num_heads, c.head_dim), lambda w, c: w.reshape(-1)),
+      Rule("head.attention.out_proj.weight", ("head", "o", "kernel"), _DD,
+           lambda w, c: w.T.reshape(c.num_heads, c.head_dim, c.hidden_size),
+           lambda w, c: w.reshape(-1, c.hidden_size).T),
+      Rule("head.attention.out_proj.bias", ("head", "o", "bias"), _D, _same, _same),
+      Rule("head.layernorm.weight", ("head", "layernorm", "scale"), _D, _same, _same),
+      Rule("head.layernorm.bias", ("head", "layernorm", "bias"), _D, _same, _same),
+      Rule("head.mlp.fc1.weight", ("head", "fc1", "kernel"), lambda c: (c.intermediate_size, c.hidden_size),
+           _transpose, _transpose),
+      Rule("head.mlp.fc1.bias", ("head", "fc1", "bias"), lambda c: (c.intermediate_size,), _same, _same),
+      Rule("head.mlp.fc2.weight", ("head", "fc2", "kernel"), lambda c: (c.hidden_size, c.intermediate_size),
+           _transpose, _transpose),
+      Rule("head.mlp.fc2.bias", ("head", "fc2", "bias"), _D, _same, _same),
+  )
+
+
+SIGLIP_VISION_RULES: tuple[Rule, ...] = (
+    # torch conv [D, C, p, p] (+ bias) <-> our patch dense kernel [p * p * C, D]
+    Rule("embeddings.patch_embedding.weight", ("patch_embedding", "kernel"),
+         lambda c: (c.hidden_size, c.num_channels, c.patch_size, c.patch_size),
+         lambda w, c: w.transpose(2, 3, 1, 0).reshape(-1, c.hidden_size),
+         lambda w, c: w.reshape(c.patch_size, c.patch_size, c.num_channels, c.hidden_size).transpose(3, 2, 0, 1)),
+    Rule("embeddings.patch_embedding.bias", ("patch_embedding", "bias"), _D, _same, _same),
+    Rule("embeddings.position_embedding.weight", ("position_embedding",),
+         lambda c: (c.num_patches, c.hidden_size), _same, _same),
+    *_norm_rules("post_layernorm", "post_layernorm"),
+    *_layer_rules(),
+)
+
+
+def vision_rules(cfg: ClipConfig) -> tuple[Rule, ...]:
+  """The key table of a vision tower: CLIP's, or SigLIP's (with its pooling head when it has one)."""
+  if cfg.model_type == "siglip":
+    return SIGLIP_VISION_RULES + (_siglip_head_rules() if cfg.use_head else ())
+  return VISION_RULES
+
 
 TEXT_RULES: tuple[Rule, ...] = (
     Rule("embeddings.token_embedding.weight", ("token_embedding",), lambda c: (c.vocab_size, c.hidden_size),
@@ -236,24 +288,25 @@ def _read_config(folder: str) -> dict:
     raise ValueError(f"{path}: not valid JSON: {e}") from e
 
 
-def load_clip_vision(folder: str, **overrides) -> tuple[ClipVisionTransformer, dict]:
-  """The vision tower of a CLIPVisionModel or CLIPModel folder (HF safetensors) -> (module, params)."""
+def load_clip_vision(folder: str, **overrides):
+  """The vision tower of a CLIPVisionModel / CLIPModel / SiglipVisionModel / SiglipModel folder (HF
+  safetensors) -> (ClipVisionTransformer or SiglipVisionTransformer, params)."""
   hf = _read_config(folder)
   where = os.path.join(folder, "config.json")
-  vision_hf = hf.get("vision_config", hf) if hf.get("model_type") == "clip" else hf
+  vision_hf = hf.get("vision_config", hf) if hf.get("model_type") in ("clip", "siglip") else hf
   cfg = vision_config_from_hf(vision_hf, where, **overrides)
   tensors = read_safetensors_folder(folder)
   vision, prefix = split_prefix(tensors, ("vision_model.",))
   if prefix is None:  # transformers 5 saves a CLIPVisionModel without the `vision_model.` prefix
     vision, prefix = {k: v for k, v in tensors.items() if not k.startswith("text_model.")}, ""
     vision = {k: v for k, v in vision.items() if k not in ("visual_projection.weight", "text_projection.weight",
-                                                            "logit_scale")}
+                                                            "logit_scale", "logit_bias")}
   problems: list[str] = []
-  params = convert_tower(vision, VISION_RULES, cfg, problems, prefix, np.dtype(cfg.param_dtype))
+  params = convert_tower(vision, vision_rules(cfg), cfg, problems, prefix, np.dtype(cfg.param_dtype))
   if problems:
-    raise WeightsError(f"{folder}: {len(problems)} tensor(s) do not fit the CLIP vision tower "
+    raise WeightsError(f"{folder}: {len(problems)} tensor(s) do not fit the {cfg.model_type} vision tower "
                        f"({cfg.num_layers} layers, d={cfg.hidden_size}):\n  " + "\n  ".join(problems))
-  return ClipVisionTransformer(cfg), params
+  return vision_tower(cfg, name=None), params
 
 
 def load_clip(folder: str, **overrides) -> tuple[ClipModel, dict]:

@@ -1,4 +1,4 @@
-"""The LLaVA-style vision-language model: CLIP vision tower -> projector -> LLaMA-family decoder.
+"""The LLaVA-style vision-language model: CLIP (or SigLIP) vision tower -> projector -> LLaMA-family decoder.
 
     module, params = tga_jax.load_lvlm(path)
     logits, aux = module.apply({'params': params}, input_ids, pixel_values, attention_mask,
@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tga_jax.clip import ClipConfig, ClipVisionTransformer
+from tga_jax.clip import ClipConfig
 from tga_jax.image_processing import ImageProcessingConfig
 from tga_jax.llama import LlamaConfig, LlamaForCausalLM
 from tga_jax.projector import ProjectorConfig, Projector
+from tga_jax.siglip import vision_tower
 
 # LLaVA's IMAGE_TOKEN_INDEX: the placeholder id when the tokenizer has no `<image>` token of its own.
 LLAVA_IMAGE_TOKEN_INDEX = -200
@@ -129,7 +130,7 @@ class LlavaLVLM(nn.Module):
     if pixel_values is not None:
       slots = pixel_values.shape[1]
       flat = pixel_values.reshape((batch * slots,) + pixel_values.shape[2:])
-      _, vision_aux = ClipVisionTransformer(vis, name="vision")(flat)
+      _, vision_aux = vision_tower(vis)(flat)
       selected = vision_aux["features"]
       if not cfg.train_vision:
         selected = jax.lax.stop_gradient(selected)
@@ -139,7 +140,7 @@ class LlavaLVLM(nn.Module):
       # Create the vision and projector params even when init sees a text-only batch.
       size = vis.image_size
       dummy = jnp.zeros((1, size, size, vis.num_channels), jnp.float32)
-      _, vision_aux = ClipVisionTransformer(vis, name="vision")(dummy)
+      _, vision_aux = vision_tower(vis)(dummy)
       Projector(cfg.projector, name="projector")(vision_aux["features"])
 
     def scatter_images(embeds):

@@ -170,7 +170,7 @@ def params_from_hf(tensors, config: LvlmConfig, source: str) -> dict:
   """Our params from the tensors of a llava-hf checkpoint (either layout); one WeightsError for all problems."""
   llm_tensors, vision, projector, problems = _split(dict(tensors))
   vision_prefix = next(iter(vision.values()))[0] if vision else "vision_tower."
-  vision_params = clip_params.convert_tower({k: v for k, (_, v) in vision.items()}, clip_params.VISION_RULES,
+  vision_params = clip_params.convert_tower({k: v for k, (_, v) in vision.items()}, clip_params.vision_rules(config.vision),
                                             config.vision, problems, vision_prefix,
                                             np.dtype(config.vision.param_dtype))
   projector_prefix = next(iter(projector.values()))[0] if projector else "multi_modal_projector."
@@ -344,7 +344,7 @@ def params_to_hf(params, config: LvlmConfig) -> dict[str, np.ndarray]:
   out = {}
   for name, value in llama_params.params_to_hf(params["llm"], config.llm).items():
     out["language_model." + name] = value
-  out.update(clip_params.tower_to_hf(params["vision"], clip_params.VISION_RULES, config.vision,
+  out.update(clip_params.tower_to_hf(params["vision"], clip_params.vision_rules(config.vision), config.vision,
                                      "vision_tower.vision_model."))
   out.update(_projector_to_named(params["projector"], config.projector, "multi_modal_projector."))
   return out
