@@ -337,3 +337,43 @@ def test_bfloat16_forward_runs_close_to_float32(reference):
   low, _ = jax.jit(lambda p: half.apply({"params": p}, ids, pixels, mask))(half_params)
   real = mask.astype(bool)
   assert np.abs(np.asarray(low)[real] - np.asarray(full)[real]).max() < 0.1
+
+
+def test_hub_config_with_omitted_defaults():
+  # llava-hf/llava-1.5-7b-hf's config.json leaves out every field equal to transformers' defaults.
+  hub = {"architectures": ["LlavaForConditionalGeneration"], "ignore_index": -100, "image_token_index": 32000,
+         "model_type": "llava", "pad_token_id": 32001, "projector_hidden_act": "gelu",
+         "text_config": {"_name_or_path": "lmsys/vicuna-7b-v1.5", "architectures": ["LlamaForCausalLM"],
+                         "max_position_embeddings": 4096, "model_type": "llama", "rms_norm_eps": 1e-05,
+                         "torch_dtype": "float16", "vocab_size": 32064},
+         "tie_word_embeddings": False, "torch_dtype": "float16", "vision_config": {
+             "hidden_size": 1024, "image_size": 336, "intermediate_size": 4096, "model_type": "clip_vision_model",
+             "num_attention_heads": 16, "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768,
+             "vocab_size": 32000},
+         "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064}
+  config = lvlm_params.config_from_hf(hub, "hub config.json")
+  assert config.tokens_per_image == 576 and config.image_token_id == 32000
+  assert (config.llm.hidden_size, config.llm.num_layers, config.llm.vocab_size) == (4096, 32, 32064)
+  assert config.projector.kind == "mlp2x_gelu" and (config.projector.in_dim, config.projector.out_dim) == (1024, 4096)
+  assert config.image_processing.crop_size == 336 and config.image_processing.aspect == "pad"
+  with pytest.raises(ValueError, match="vision_feature_layer=\\[-2, -1\\]"):
+    lvlm_params.config_from_hf(dict(hub, vision_feature_layer=[-2, -1]), "hub config.json")
+
+
+def test_bad_llava_checkpoint_lists_every_problem(reference, tmp_path):
+  _, folder = reference
+  tensors = load_file(os.path.join(folder, "model.safetensors"))
+  del tensors["vision_tower.encoder.layers.1.mlp.fc2.bias"]
+  tensors["multi_modal_projector.linear_2.weight"] = tensors["multi_modal_projector.linear_2.weight"][:, :5]
+  del tensors["language_model.model.layers.2.mlp.up_proj.weight"]
+  tensors["extra.weight"] = np.zeros(3, np.float32)
+  save_file(tensors, str(tmp_path / "model.safetensors"))
+  (tmp_path / "config.json").write_text(open(os.path.join(folder, "config.json")).read())
+  with pytest.raises(WeightsError) as err:
+    tga_jax.load_lvlm(str(tmp_path))
+  message = str(err.value)
+  assert "4 tensor(s) do not fit the LLaVA model" in message
+  for line in ("missing: vision_tower.encoder.layers.1.mlp.fc2.bias (32,)",
+               "shape: multi_modal_projector.linear_2.weight is (64, 5), expected (64, 64)",
+               "missing: model.layers.2.mlp.up_proj.weight (96, 64)", "unexpected: extra.weight (3,)"):
+    assert line in message, message
