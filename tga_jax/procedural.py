@@ -204,16 +204,34 @@ def text_refusal_records(n: int, seed: int = 0) -> list[dict]:
   return out
 
 
+def same_scene_retrieval(records: list[dict], seed: int = 0) -> list[str]:
+  """A stand-in for the offline retrieval step on procedural data: the caption of another image of
+  the same scene (what a good cross-modal retriever returns). Real data goes through
+  `python -m tga_jax.annotate` (CLIP + ScaNN) instead."""
+  rng = np.random.default_rng(seed)
+  by_scene: dict[str, list[str]] = {}
+  for r in records:
+    by_scene.setdefault(r["scene"], []).append(r["caption"])
+  out = []
+  for r in records:
+    others = [c for c in by_scene[r["scene"]] if c != r["caption"]] or [r["caption"]]
+    out.append(others[int(rng.integers(len(others)))])
+  return out
+
+
 def write_llava_dataset(directory: str, records: list[dict], stage: int, seed: int = 0,
-                        extra: list[dict] | None = None) -> str:
-  """Writes images/<id>.png, data.json (LLaVA format) and captions.jsonl; returns data.json's path."""
+                        extra: list[dict] | None = None, retrieved: list[str] | None = None) -> str:
+  """Writes images/<id>.png, data.json (LLaVA format) and captions.jsonl; returns data.json's path.
+  `retrieved`: one retrieved caption per record (stage 2), stored as `retrieved_caption`."""
   os.makedirs(os.path.join(directory, "images"), exist_ok=True)
   rng = np.random.default_rng(seed)
   data = []
-  for record in records:
+  for i, record in enumerate(records):
     path = f"images/{record['id']}.png"
     Image.fromarray(record["image"]).save(os.path.join(directory, path))
     data.append(llava_record(record, stage, rng, path))
+    if retrieved is not None:
+      data[-1]["retrieved_caption"] = retrieved[i]
   data += extra or []
   json_path = os.path.join(directory, "data.json")
   with open(json_path, "w") as f:

@@ -1,10 +1,12 @@
 """The jitted, donated train step: gradient accumulation, masked updates, metrics.
 
 A trainer supplies only `loss_fn(params, batch, rng) -> (loss, metrics)`, where `loss` is a scalar
-mean over the (micro)batch and `metrics` a dict of scalars to average and log.
+mean over the (micro)batch and `metrics` a dict of scalars to average and log. A loss_fn with a
+fourth parameter named `step` also receives the (traced) step number, for loss-weight schedules.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -52,11 +54,13 @@ def make_train_step(
       gradients averaged (equal to one big batch for mean losses).
   Metrics: loss, grad_norm (trainable params, before clipping), learning_rate, and loss_fn's own.
   """
-  def compute_grads(params, batch, rng):
+  takes_step = "step" in inspect.signature(loss_fn).parameters
+
+  def compute_grads(params, batch, rng, step):
     def frozen_aware_loss(p, mb, r):
       if trainable is not None:
         p = jax.tree.map(lambda x, t: x if t else jax.lax.stop_gradient(x), p, trainable)
-      return loss_fn(p, mb, r)
+      return loss_fn(p, mb, r, step=step) if takes_step else loss_fn(p, mb, r)
 
     grad_fn = jax.value_and_grad(frozen_aware_loss, has_aux=True)
     if grad_accum_steps == 1:
@@ -79,7 +83,7 @@ def make_train_step(
 
   def step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
-    loss, metrics, grads = compute_grads(state.params, batch, rng)
+    loss, metrics, grads = compute_grads(state.params, batch, rng, state.step)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))

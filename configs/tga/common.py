@@ -1,0 +1,46 @@
+"""Fields shared by the TGA configs."""
+import ml_collections
+
+# Rules: batch over data x fsdp; weights split over fsdp on the model dimension and over tensor on
+# heads / MLP width / vocabulary; the scanned 'layers' axis is never split.
+RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
+         ("kv_heads", "tensor"), ("vocab", "tensor"), ("layers", None), ("head_dim", None))
+# Mesh sizes for the targets named in the README: a TPU v4-32 / v5e-32 slice (fsdp inside a host's
+# chips, data across hosts) and one 8-GPU node (fsdp over NVLink).
+MESHES = {"cpu": {"data": -1, "fsdp": 1, "tensor": 1}, "tpu_pod": {"data": -1, "fsdp": 8, "tensor": 1},
+          "gpu8": {"data": 1, "fsdp": 8, "tensor": 1}}
+
+
+def parse(arg: str, **defaults):
+  values = dict(defaults)
+  for item in filter(None, arg.split(",")):
+    key, _, value = item.partition("=")
+    if key not in values:
+      raise ValueError(f"config arg {key!r}: expected one of {sorted(values)}")
+    values[key] = type(values[key])(value)
+  return values
+
+
+def base_config(*, stage, seed, weight, layers, template, lr, batch_size, total_steps, mesh, model, data):
+  config = ml_collections.ConfigDict()
+  config.trainer = "tga_jax.train"
+  config.stage = stage
+  config.seed = seed
+  config.mesh = MESHES[mesh]
+  config.rules = RULES
+  config.model = model
+  config.data = dict(json="", image_dir="", tfds_dir="", heldout_fraction=0.1, template=template,
+                     caption_template=template if template != "plain" else "vicuna_v1", use_retrieved=True, **data)
+  config.tga = dict(weight=weight if stage == 2 else 0.0, schedule="constant", form="paper", layers=tuple(layers))
+  config.init_from = ""
+  config.batch_size = batch_size
+  config.total_steps = total_steps
+  config.log_every = 5
+  config.eval_every = max(total_steps // 4, 1)
+  config.eval_batches = 4
+  config.progress_bar = True
+  config.optimizer = dict(name="adamw", learning_rate=lr, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
+                          schedule="cosine", warmup_fraction=0.03, final_lr_fraction=0.0, clip_norm=1.0,
+                          trainable=(".*",), grad_accum_steps=1)
+  config.checkpoint = dict(every=max(total_steps // 2, 1), keep=2, use_async=True)
+  return config
