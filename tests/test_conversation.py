@@ -15,7 +15,8 @@ transformers = pytest.importorskip("transformers")
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
 IMAGE_ID, N = 4, 3  # tokens per image kept small for readable expectations
 WORDS = " ".join([conv.SYSTEMS["vicuna_v1"], conv.SYSTEMS["llava_llama_2"],
-                  "USER: ASSISTANT: [INST] [/INST] <<SYS>> <</SYS>> user: assistant: Retrieved Text: Describe this scene:",
+                  "USER: ASSISTANT: [INST] [/INST] <<SYS>> <</SYS>> user: assistant:",
+                  "Retrieved Text: Describe this scene:",
                   "What is this? A red cat. And its eyes? Green eyes. a dog on grass. Compare them. Both dogs.",
                   "A dog runs on the grass. Be brief."])
 
@@ -75,9 +76,9 @@ def test_llava_llama_2_and_mistral_instruct(tok):
   tokens = _tokens(tok, r)
   assert tokens[:6] == ["<s>", "[", "INST", "]", "<<", "SYS"]
   after_system = tokens.index("<</")
-  assert tokens[after_system:] == (["<</", "SYS", ">>"] + ["<image>"] * N + ["What", "is", "this", "?", "[/", "INST", "]",
-                                   "A", "red", "cat", ".", "</s>", "<s>", "[", "INST", "]", "And", "its", "eyes", "?",
-                                   "[/", "INST", "]", "Green", "eyes", ".", "</s>"])
+  assert tokens[after_system:] == (["<</", "SYS", ">>"] + ["<image>"] * N + [
+      "What", "is", "this", "?", "[/", "INST", "]", "A", "red", "cat", ".", "</s>",
+      "<s>", "[", "INST", "]", "And", "its", "eyes", "?", "[/", "INST", "]", "Green", "eyes", ".", "</s>"])
   assert _trained(tok, r) == ["A", "red", "cat", ".", "</s>", "Green", "eyes", ".", "</s>"]
   r = _run(tok, TWO_TURNS, "mistral_instruct")
   assert _tokens(tok, r) == (["<s>", "[", "INST", "]"] + ["<image>"] * N + ["What", "is", "this", "?", "[/", "INST",
@@ -91,7 +92,8 @@ def test_llava_llama_2_and_mistral_instruct(tok):
 
 def test_plain_stage_one_record(tok):
   record = {"id": "000123", "image": "a.jpg", "conversations": [
-      {"from": "human", "value": "Describe this scene:\n<image>"}, {"from": "gpt", "value": "A dog runs on the grass."}]}
+      {"from": "human", "value": "Describe this scene:\n<image>"},
+      {"from": "gpt", "value": "A dog runs on the grass."}]}
   messages = conv.llava_record_to_messages(record, template="plain")
   r = _run(tok, messages, "plain", max_length=16)
   # LLaVA's preprocess_plain: the image, then the caption (trained); the user's words are dropped.
@@ -126,7 +128,8 @@ def test_stage_two_record_spans_retrieved_question_image(tok):
 
 
 def test_truncation_keeps_images_whole(tok):
-  two_images = [{"role": "user", "content": "<image><image>\nCompare them."}, {"role": "assistant", "content": "Both dogs."}]
+  two_images = [{"role": "user", "content": "<image><image>\nCompare them."},
+                {"role": "assistant", "content": "Both dogs."}]
   full = _run(tok, two_images, "mistral_instruct")
   assert full.spans["image"] == [(4, 4 + N), (4 + N, 4 + 2 * N)] and full.num_images == 2
   # A cut inside the second image drops that image whole, and everything after it.

@@ -118,7 +118,8 @@ def test_both_llava_hf_key_layouts_load_the_same(reference, tmp_path):
   renamed = {}
   for name, value in tensors.items():
     for old, new in (("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."),
-                     ("vision_tower.", "model.vision_tower."), ("multi_modal_projector.", "model.multi_modal_projector.")):
+                     ("vision_tower.", "model.vision_tower."),
+                     ("multi_modal_projector.", "model.multi_modal_projector.")):
       if name.startswith(old):
         name = new + name[len(old):]
         break
@@ -233,7 +234,7 @@ def test_bad_inputs_name_the_sample(reference):
   good = np.zeros((SIZE, SIZE, 3), np.float32)
   with pytest.raises(ValueError, match=r"sample 2: 0 <image> placeholder\(s\) in the conversation but 1 image"):
     tga_jax.make_lvlm_batch([(tokens[0], [good]), (tokens[1], [good, good]), (tokens[2], [good])], module.config)
-  with pytest.raises(ValueError, match=r"sample 1, image 1: preprocessed image has shape \(30, 30, 3\)"):
+  with pytest.raises(trainkit.BadRecord, match=r"sample 1, image 1: preprocessed image has shape \(30, 30, 3\)"):
     tga_jax.make_lvlm_batch([(tokens[0], [good]), (tokens[1], [good, np.zeros((30, 30, 3), np.float32)]),
                              (tokens[2], [])], module.config)
 
@@ -262,7 +263,8 @@ def test_batch_from_raw_images_runs_under_a_mesh(reference):
                                    (tokens[3], raw[3:])], module.config, max_images=2)
   assert batch["pixel_values"].shape == (4, 2, SIZE, SIZE, 3)
   np.testing.assert_array_equal(batch["image_counts"], [1, 2, 0, 1])
-  np.testing.assert_allclose(batch["pixel_values"][1, 1], tga_jax.preprocess_image(raw[2], module.config.image_processing))
+  np.testing.assert_allclose(batch["pixel_values"][1, 1],
+                             tga_jax.preprocess_image(raw[2], module.config.image_processing))
   args = (batch["input_ids"], batch["pixel_values"], batch["attention_mask"])
   expected, _ = _forward(module, params, args[0], args[2], args[1])
 

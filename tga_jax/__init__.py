@@ -18,7 +18,7 @@ from tga_jax.conversation import (TEMPLATES, TokenizedConversation, caption_mess
                                   tokenize_conversation)
 from tga_jax.image_processing import ImageProcessingConfig, preprocess_image, preprocess_images
 from tga_jax.lvlm import LlavaLVLM, LvlmConfig
-from tga_jax.lvlm_batch import make_lvlm_batch
+from tga_jax.lvlm_batch import make_lvlm_batch, make_lvlm_example
 from tga_jax.lvlm_params import (compose_lvlm, load_lvlm, save_lvlm_hf, save_projector, trainable_mask,
                                  trainable_patterns)
 from tga_jax.projector import Projector, ProjectorConfig
@@ -31,6 +31,7 @@ __all__ = [
     "ClipConfig", "ClipModel", "ClipTextTransformer", "ClipVisionTransformer", "ImageProcessingConfig",
     "LlavaLVLM", "LvlmConfig", "Projector", "ProjectorConfig", "TEMPLATES", "TokenizedConversation",
     "caption_messages", "compose_lvlm", "llava_record_to_messages", "load_clip", "load_clip_vision", "load_lvlm",
-    "make_lvlm_batch", "preprocess_image", "preprocess_images", "save_lvlm_hf", "save_projector",
+    "make_lvlm_batch", "make_lvlm_example", "preprocess_image", "preprocess_images", "save_lvlm_hf",
+    "save_projector",
     "tokenize_conversation", "trainable_mask", "trainable_patterns", "SiglipVisionTransformer",
 ]

@@ -65,7 +65,8 @@ def _common_fields(hf: Mapping, where: str, default_act: str = "quick_gelu", def
 
 
 def vision_config_to_hf(cfg: ClipConfig, projection_dim: int | None = None) -> dict:
-  hf = dict(model_type=f"{cfg.model_type}_vision_model", hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+  hf = dict(model_type=f"{cfg.model_type}_vision_model", hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
             num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, layer_norm_eps=cfg.layer_norm_eps,
             hidden_act=cfg.hidden_act, image_size=cfg.image_size, patch_size=cfg.patch_size,
             num_channels=cfg.num_channels)

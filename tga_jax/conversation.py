@@ -149,7 +149,8 @@ def render(messages, template: str, tokenizer=None, system: str | None = None,
   out: list[Piece] = []
   if template == "plain":
     if len(turns) > 2:
-      raise ValueError(f"template 'plain' takes one user turn (its images) and one assistant turn; got {len(turns)} turns")
+      raise ValueError(f"template 'plain' takes one user turn (its images) and one assistant turn; got "
+                       f"{len(turns)} turns")
     images = [p for p in turns[0][1] if p.segment == "image"]
     out += images
     if len(turns) == 2:

@@ -98,7 +98,8 @@ def _to_pil(image, where: str) -> Image.Image:
   return Image.fromarray(array).convert("RGB")
 
 
-def preprocess_image(image, config: ImageProcessingConfig = ImageProcessingConfig(), where: str = "image") -> np.ndarray:
+def preprocess_image(image, config: ImageProcessingConfig = ImageProcessingConfig(),
+                     where: str = "image") -> np.ndarray:
   """uint8[H, W, 3] (or [H, W], [H, W, 4], or a PIL image) -> float32[crop, crop, 3].
 
   Args:

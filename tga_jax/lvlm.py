@@ -74,8 +74,9 @@ def check_lvlm_inputs(config: LvlmConfig, input_ids, pixel_values, image_counts=
       raise ValueError(f"sample {b}: {n} <image> placeholder(s) in input_ids but {int(np.asarray(image_counts)[b])} "
                        f"image(s) given")
     if n > slots:
+      none = " (pixel_values is None)" if pixel_values is None else ""
       raise ValueError(f"sample {b}: {n} <image> placeholder(s) in input_ids but pixel_values has "
-                       f"{slots} image slot(s) per sample" + (" (pixel_values is None)" if pixel_values is None else ""))
+                       f"{slots} image slot(s) per sample{none}")
 
 
 def masked_mean(states, mask):

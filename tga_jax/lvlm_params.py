@@ -170,7 +170,8 @@ def params_from_hf(tensors, config: LvlmConfig, source: str) -> dict:
   """Our params from the tensors of a llava-hf checkpoint (either layout); one WeightsError for all problems."""
   llm_tensors, vision, projector, problems = _split(dict(tensors))
   vision_prefix = next(iter(vision.values()))[0] if vision else "vision_tower."
-  vision_params = clip_params.convert_tower({k: v for k, (_, v) in vision.items()}, clip_params.vision_rules(config.vision),
+  vision_params = clip_params.convert_tower({k: v for k, (_, v) in vision.items()},
+                                            clip_params.vision_rules(config.vision),
                                             config.vision, problems, vision_prefix,
                                             np.dtype(config.vision.param_dtype))
   projector_prefix = next(iter(projector.values()))[0] if projector else "multi_modal_projector."
@@ -324,7 +325,8 @@ def config_to_hf(config: LvlmConfig) -> dict:
     raise ValueError(f"llava-hf has only the mlp2x_gelu projector; this model's is {config.projector.kind!r} "
                      f"(save it with save_projector instead)")
   if not 0 <= config.image_token_id < config.llm.vocab_size:
-    raise ValueError(f"image_token_id={config.image_token_id} is outside the vocabulary (0..{config.llm.vocab_size - 1}); "
+    raise ValueError(f"image_token_id={config.image_token_id} is outside the vocabulary "
+                     f"(0..{config.llm.vocab_size - 1}); "
                      f"llava-hf looks the placeholder up in the embeddings, so add an <image> token to the "
                      f"tokenizer and the embedding table first")
   text = llama_params.config_to_hf(config.llm)
