@@ -379,3 +379,38 @@ def test_bad_llava_checkpoint_lists_every_problem(reference, tmp_path):
                "shape: multi_modal_projector.linear_2.weight is (64, 5), expected (64, 64)",
                "missing: model.layers.2.mlp.up_proj.weight (96, 64)", "unexpected: extra.weight (3,)"):
     assert line in message, message
+
+
+def test_greedy_generation_matches_transformers(reference):
+  from tga_jax.lvlm_generate import generate_lvlm, generate_lvlm_tokens
+  from tests.test_conversation import word_tokenizer
+  model, folder = reference
+  module, params = tga_jax.load_lvlm(folder)
+  rng = np.random.RandomState(0)
+  with_image = list(rng.randint(3, IMAGE_ID, 5)) + [IMAGE_ID] * 16 + list(rng.randint(3, IMAGE_ID, 4))
+  text_only = list(rng.randint(3, IMAGE_ID, 9))
+  length = len(with_image)
+  ids = np.zeros((2, length), np.int32)
+  mask = np.zeros((2, length), np.int32)
+  ids[0], mask[0] = with_image, 1
+  ids[1, length - 9:], mask[1, length - 9:] = text_only, 1   # left padding
+  pixels = np.zeros((2, 1, SIZE, SIZE, 3), np.float32)
+  pixels[0, 0] = rng.randn(SIZE, SIZE, 3)
+  ours = generate_lvlm_tokens(module, params, ids, mask, pixels, 8, eos_token_id=[], image_counts=[1, 0])
+  with torch.no_grad():
+    first = model.generate(input_ids=torch.tensor([with_image]), max_new_tokens=8, do_sample=False,
+                           pixel_values=torch.tensor(pixels[0].transpose(0, 3, 1, 2)), eos_token_id=None,
+                           pad_token_id=0)
+    second = model.generate(input_ids=torch.tensor([text_only]), max_new_tokens=8, do_sample=False,
+                            eos_token_id=None, pad_token_id=0)
+  np.testing.assert_array_equal(ours[0], first[0, length:].numpy())
+  np.testing.assert_array_equal(ours[1], second[0, 9:].numpy())
+  # The string API: conversations + raw images in, replies out (cut at EOS); sampling is seeded.
+  tok = word_tokenizer()
+  chats = [[{"role": "user", "content": "<image>\nWhat is this?"}], [{"role": "user", "content": "And its eyes?"}]]
+  images = [[rng.randint(0, 256, (30, 20, 3)).astype(np.uint8)], []]
+  sampled = [generate_lvlm(module, params, tok, chats, images, "vicuna_v1", max_new_tokens=4, temperature=1.0,
+                           seed=3) for _ in range(2)]
+  assert len(sampled[0]) == 2 and all(isinstance(t, str) for t in sampled[0]) and sampled[0] == sampled[1]
+  with pytest.raises(ValueError, match="conversation 1: 0 <image> placeholder"):
+    generate_lvlm(module, params, tok, chats, [images[0], images[0]], "vicuna_v1", max_new_tokens=2)

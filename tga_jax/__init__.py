@@ -19,6 +19,7 @@ from tga_jax.conversation import (TEMPLATES, TokenizedConversation, caption_mess
 from tga_jax.image_processing import ImageProcessingConfig, preprocess_image, preprocess_images
 from tga_jax.lvlm import LlavaLVLM, LvlmConfig
 from tga_jax.lvlm_batch import make_lvlm_batch, make_lvlm_example
+from tga_jax.lvlm_generate import generate_lvlm, generate_lvlm_tokens
 from tga_jax.lvlm_params import (compose_lvlm, load_lvlm, save_lvlm_hf, save_projector, trainable_mask,
                                  trainable_patterns)
 from tga_jax.projector import Projector, ProjectorConfig
@@ -33,5 +34,6 @@ __all__ = [
     "caption_messages", "compose_lvlm", "llava_record_to_messages", "load_clip", "load_clip_vision", "load_lvlm",
     "make_lvlm_batch", "make_lvlm_example", "preprocess_image", "preprocess_images", "save_lvlm_hf",
     "save_projector",
-    "tokenize_conversation", "trainable_mask", "trainable_patterns", "SiglipVisionTransformer",
+    "tokenize_conversation", "trainable_mask", "trainable_patterns", "SiglipVisionTransformer", "generate_lvlm",
+    "generate_lvlm_tokens",
 ]
