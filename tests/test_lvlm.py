@@ -414,3 +414,37 @@ def test_greedy_generation_matches_transformers(reference):
   assert len(sampled[0]) == 2 and all(isinstance(t, str) for t in sampled[0]) and sampled[0] == sampled[1]
   with pytest.raises(ValueError, match="conversation 1: 0 <image> placeholder"):
     generate_lvlm(module, params, tok, chats, [images[0], images[0]], "vicuna_v1", max_new_tokens=2)
+
+
+def test_stage_one_trainkit_step_updates_only_the_projector(reference):
+  import ml_collections
+  _, folder = reference
+  module, params = tga_jax.load_lvlm(folder)
+  tokens = _tokens_with_images(module, [1, 2, 0, 1], length=40)
+  for t in tokens:
+    t.loss_mask[20:30] = True
+  rng = np.random.RandomState(0)
+  images = [[rng.randint(0, 256, (30, 24, 3)).astype(np.uint8) for _ in range(t.num_images)] for t in tokens]
+  batch = tga_jax.make_lvlm_batch(list(zip(tokens, images)), module.config, max_images=2)
+
+  def loss_fn(p, b, _rng):
+    logits, _ = module.apply({"params": p}, b["input_ids"], b["pixel_values"], b["attention_mask"])
+    logp = jax.nn.log_softmax(logits[:, :-1])
+    nll = -jax.numpy.take_along_axis(logp, b["input_ids"][:, 1:, None], -1)[..., 0]
+    weights = b["loss_mask"][:, 1:]
+    return (nll * weights).sum() / weights.sum(), {}
+
+  mesh = trainkit.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  example = (batch["input_ids"], batch["pixel_values"], batch["attention_mask"])
+  init = lambda r: module.init(r, *example)["params"]  # noqa: E731
+  opt = ml_collections.ConfigDict({"learning_rate": 1e-2, "trainable": tga_jax.trainable_patterns(1)})
+  tx, schedule, trainable = trainkit.make_optimizer(opt, 10, params)
+  state, shardings = trainkit.create_train_state(init, tx, mesh, trainkit.DEFAULT_RULES, 0, params=params)
+  step = trainkit.make_train_step(loss_fn, tx, shardings, trainkit.batch_sharding(mesh), mesh=mesh,
+                                  rules=trainkit.DEFAULT_RULES, schedule=schedule, trainable=trainable)
+  new_state, metrics = step(state, batch)
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), params,
+                         jax.tree.map(np.asarray, new_state.params))
+  assert all(jax.tree.leaves(changed["projector"]))
+  assert not any(jax.tree.leaves(changed["vision"])) and not any(jax.tree.leaves(changed["llm"]))
