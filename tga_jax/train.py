@@ -90,7 +90,8 @@ def lm_loss(logits, input_ids, loss_mask):
 
 
 def make_loss_fn(module: LlavaLVLM, tga_cfg, total_steps: int, always_guide_metrics: bool = False):
-  """trainkit loss_fn(params, batch, rng, step) -> (L_LM + lambda(t) * L_guide, metrics)."""
+  """trainkit loss_fn(params, batch, rng, step) -> (lm_weight * L_LM + lambda(t) * L_guide, metrics).
+  lm_weight (default 1) = 0 trains on the guidance term alone (an ablation and a test of it)."""
   layers = tuple(int(j) for j in tga_cfg.layers)
   guided = tga_cfg.weight > 0 or always_guide_metrics
 
@@ -110,7 +111,7 @@ def make_loss_fn(module: LlavaLVLM, tga_cfg, total_steps: int, always_guide_metr
                                step=step, total_steps=total_steps)
     weight = guidance_weight(tga_cfg.schedule, tga_cfg.weight, step, total_steps)
     metrics.update(cos, guide_loss=guide, guide_weight=weight)
-    return lm + weight * guide, metrics
+    return tga_cfg.get("lm_weight", 1.0) * lm + weight * guide, metrics
 
   return loss_fn
 
@@ -204,7 +205,7 @@ def make_eval_fn(module, config, sources, parse, mesh):
     raise ValueError("the held-out split has no usable record; raise data.heldout_fraction")
   # Fixed-size batches; the last one is filled up with repeats of the first examples (a slight
   # overweight of those, in exchange for one compiled shape on any number of devices).
-  padded = examples + examples[: (-len(examples)) % config.batch_size]
+  padded = [examples[i % len(examples)] for i in range(-(-len(examples) // config.batch_size) * config.batch_size)]
   batches = [jax.tree.map(lambda *xs: np.stack(xs), *padded[i:i + config.batch_size])
              for i in range(0, len(padded), config.batch_size)]
   logging.info("eval: %d held-out examples in %d batches", len(examples), len(batches))
