@@ -43,15 +43,16 @@ def build_model(model_cfg):
   'random': tiny random CLIP tower + projector + LLaMA (config fields `vision`, `llm`);
   'llm': a pretrained LLM (`llm`: any load_llm path) with a random `vision` tower and projector;
   'compose': CLIP folder + LLM + optional projector safetensors; 'llava': a llava-hf folder (`path`)."""
-  tokenizer = load_tokenizer(model_cfg.tokenizer)
+  tokenizer = load_tokenizer(model_cfg.tokenizer or model_cfg.llm_path or model_cfg.path)
   kind = model_cfg.kind
   image_processing = ImageProcessingConfig(size=model_cfg.vision.image_size, crop_size=model_cfg.vision.image_size)
+  runtime = {"dtype": model_cfg.get("dtype", "float32"), "remat_policy": model_cfg.get("remat_policy", "none")}
   if kind == "llava":
-    module, params = load_lvlm(model_cfg.path)
+    module, params = load_lvlm(model_cfg.path, **runtime)
     return module, params, tokenizer
   if kind == "compose":
-    module, params = compose_lvlm(model_cfg.vision_path, model_cfg.llm, model_cfg.projector or None,
-                                  model_cfg.projector_type)
+    module, params = compose_lvlm(model_cfg.vision_path, model_cfg.llm_path, model_cfg.projector or None,
+                                  model_cfg.projector_type, **runtime)
     return module, params, tokenizer
   vision = ClipConfig(**model_cfg.vision)
   if kind == "random":

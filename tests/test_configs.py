@@ -1,0 +1,32 @@
+"""Every config file loads, every sweep() point applies to its config, and the mesh sizes resolve."""
+import glob
+import os
+
+import pytest
+
+from launch import sweep as sweep_lib
+from trainkit.mesh import resolve_mesh_shape
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*", "*.py"))
+                 if not p.endswith(("common.py", "__init__.py")))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_config_and_its_sweep(path):
+  module = sweep_lib.load_config_module(path)
+  config = module.get_config("")
+  config.lock()
+  grid = module.sweep("") if module.sweep.__code__.co_argcount else module.sweep()
+  assert grid
+  for point in grid:
+    sweep_lib.apply_overrides(module.get_config(""), point)
+  resolvable = []
+  for devices in (8, 32):  # one 8-GPU node / 8 simulated devices, a 32-chip pod slice
+    try:
+      resolvable.append(resolve_mesh_shape(dict(config.mesh), devices))
+    except ValueError:
+      pass
+  assert resolvable, f"{path}: mesh {dict(config.mesh)} fits neither 8 nor 32 devices"
+  with pytest.raises(Exception):
+    config.no_such_field = 1  # locked
