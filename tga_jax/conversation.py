@@ -251,7 +251,11 @@ def tokenize_pieces(pieces: list[Piece], tokenizer, image_token_id: int, tokens_
       j += 1
     text = "".join(p.text for p in pieces[i:j])
     ends = np.cumsum([len(p.text) for p in pieces[i:j]])
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    try:
+      encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError as e:
+      raise ValueError(f"{type(tokenizer).__name__}: spans need character offsets, which only fast (tokenizers-"
+                       f"backed) tokenizers give; load it with use_fast=True") from e
     for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
       last = max(end - 1, start)
       ids.append(token)
