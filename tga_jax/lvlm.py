@@ -103,8 +103,10 @@ class LlavaLVLM(nn.Module):
         (no images in the batch). Channels last, from tga_jax.image_processing.
       attention_mask: int/bool[B, T] (or over the cache slots with `cache`), 1 for real tokens.
       output_hidden_states: aux['hidden_states'] float[L+1, B, T, D] (the LLM's, transformers' counting).
-      image_counts: optional int[B], the images each sample gives; checked against the placeholders when
-        the inputs are concrete (outside jit), an error naming the sample otherwise.
+      image_counts: optional int[B], the images each sample gives. Whenever the inputs are concrete (an
+        eager call, not under jit) the placeholders are checked against them (else against the M slots)
+        and a mismatch raises a ValueError naming the sample; under jit, run check_lvlm_inputs (or build
+        batches with tga_jax.make_lvlm_batch, which checks) on the host.
       segment_masks: optional {name: bool[B, T]} (tga_jax.conversation's named spans, e.g. 'caption',
         'retrieved'); echoed in aux['segment_masks'] and, with output_hidden_states, averaged per layer in
         aux['segment_means'][name] float32[L+1, B, D] ('image' is always there too).
