@@ -448,3 +448,26 @@ def test_stage_one_trainkit_step_updates_only_the_projector(reference):
                          jax.tree.map(np.asarray, new_state.params))
   assert all(jax.tree.leaves(changed["projector"]))
   assert not any(jax.tree.leaves(changed["vision"])) and not any(jax.tree.leaves(changed["llm"]))
+
+
+def test_add_image_token_then_export_a_composition(reference, tmp_path):
+  model, folder = reference
+  module, params = tga_jax.load_lvlm(folder)
+  tga_jax.save_llm_hf(module.config.llm, params["llm"], str(tmp_path / "llm"))
+  model.model.vision_tower.save_pretrained(str(tmp_path / "clip"))
+  composed, composed_params = tga_jax.compose_lvlm(str(tmp_path / "clip"), str(tmp_path / "llm"))
+  with pytest.raises(ValueError, match="image_token_id=-200 is outside the vocabulary"):
+    tga_jax.save_lvlm_hf(composed, composed_params, str(tmp_path / "export"))
+  grown, grown_params = lvlm_params.add_image_token(composed, composed_params)
+  assert grown.config.image_token_id == VOCAB and grown.config.llm.vocab_size == 192
+  ids, mask, pixels, counts = _batch(16)
+  old_ids = np.where(ids == IMAGE_ID, -200, ids)
+  new_ids = np.where(ids == IMAGE_ID, VOCAB, ids)
+  before, _ = _forward(composed, composed_params, old_ids, mask, pixels)
+  after, _ = _forward(grown, grown_params, new_ids, mask, pixels)
+  np.testing.assert_allclose(np.asarray(after)[..., :VOCAB], np.asarray(before), atol=1e-5)
+  tga_jax.save_lvlm_hf(grown, grown_params, str(tmp_path / "export"))
+  reloaded = transformers.LlavaForConditionalGeneration.from_pretrained(str(tmp_path / "export")).eval()
+  ref = _torch_forward(reloaded, new_ids, mask, pixels, counts)
+  real = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(after)[real], ref.logits.numpy()[real], atol=TOL)

@@ -11,6 +11,7 @@ Params: {'vision': CLIP vision tower, 'projector': {'linear_1', ...}, 'llm': Lla
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -388,3 +389,40 @@ def save_projector(module: LlavaLVLM, params, path: str) -> str:
   tensors = _projector_to_named(params["projector"], module.config.projector, "", llava_names=True)
   save_file(tensors, path, metadata={"format": "pt", "projector_type": module.config.projector.kind})
   return path
+
+
+def add_image_token(module: LlavaLVLM, params, tokenizer=None, token: str = "<image>", pad_to_multiple: int = 64):
+  """Gives the model a real `<image>` id inside its vocabulary (what llava-hf checkpoints have, and what
+  export to llava-hf needs): the id is the tokenizer's `token` (added as a special token if missing,
+  the tokenizer is changed in place) or, without a tokenizer, the current vocab_size; the embedding (and
+  an untied LM head) grow to hold it, rounded up to `pad_to_multiple`, new rows set to the mean of the
+  old ones (new logits rows then score like an average token, not like noise).
+
+  Returns:
+    (module, params) with image_token_id and vocab_size updated; ids of the old placeholder
+    (e.g. LLaVA's -200) must be replaced by `module.config.image_token_id` in tokenised data.
+  """
+  config = module.config
+  if tokenizer is not None:
+    if token not in tokenizer.get_vocab():
+      tokenizer.add_special_tokens({"additional_special_tokens": [token]})
+    new_id = tokenizer.convert_tokens_to_ids(token)
+  else:
+    new_id = config.llm.vocab_size
+  vocab = max(config.llm.vocab_size, new_id + 1)
+  vocab = -(-vocab // pad_to_multiple) * pad_to_multiple
+
+  def grow(table, axis):
+    table = np.asarray(table)
+    extra = vocab - table.shape[axis]
+    if extra <= 0:
+      return table
+    mean = table.mean(axis=axis, keepdims=True)
+    return np.concatenate([table, np.repeat(mean, extra, axis=axis)], axis=axis).astype(table.dtype)
+
+  llm_params = dict(params["llm"], embedding=grow(params["llm"]["embedding"], 0))
+  if not config.llm.tie_word_embeddings:
+    llm_params["lm_head"] = dict(params["llm"]["lm_head"], kernel=grow(params["llm"]["lm_head"]["kernel"], 1))
+  llm = dataclasses.replace(config.llm, vocab_size=vocab)
+  new_config = dataclasses.replace(config, llm=llm, image_token_id=int(new_id))
+  return LlavaLVLM(new_config), dict(params, llm=llm_params)
