@@ -20,8 +20,8 @@ from tga_jax.image_processing import ImageProcessingConfig, preprocess_image, pr
 from tga_jax.lvlm import LlavaLVLM, LvlmConfig
 from tga_jax.lvlm_batch import make_lvlm_batch, make_lvlm_example
 from tga_jax.lvlm_generate import generate_lvlm, generate_lvlm_tokens
-from tga_jax.lvlm_params import (add_image_token, compose_lvlm, load_lvlm, save_lvlm_hf, save_projector, trainable_mask,
-                                 trainable_patterns)
+from tga_jax.lvlm_params import (add_image_token, compose_lvlm, load_lvlm, save_lvlm_hf, save_projector,
+                                 trainable_mask, trainable_patterns)
 from tga_jax.projector import Projector, ProjectorConfig
 from tga_jax.siglip import SiglipVisionTransformer
 
