@@ -11,12 +11,10 @@ full model and c nested-dropout submodels, all in one vmapped, jitted, sharded s
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging

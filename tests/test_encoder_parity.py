@@ -1,6 +1,5 @@
 """Encoders vs transformers' torch models: tiny random BERT/RoBERTa/ELECTRA and the real MiniLM-L6."""
 import json
-import os
 
 import jax
 import numpy as np

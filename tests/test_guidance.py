@@ -1,6 +1,5 @@
 """The TGA guidance loss equals a numpy computation; padding is excluded; gradients flow to I and R only."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
