@@ -67,14 +67,14 @@ def test_logits_match_transformers(models):
 
 def test_greedy_chat_continuations_match_transformers(models):
   module, params, tokenizer, reference = models
-  ours = tga_jax.generate(module, params, tokenizer, CHATS, 20, chat=True)
-  # transformers on the same left-padded batch (one generate call: it decodes at a few tokens/s here).
+  # transformers on the same left-padded batch, first: torch decodes slowly while XLA's threads are busy.
   encoded = [tga_jax.encode_chat(tokenizer, prompt) for prompt in CHATS]
   ids, mask = left_pad(encoded, tokenizer.pad_token_id, multiple=1)
   with torch.no_grad():
     out = reference.generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
                              max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id)
   want = [tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True) for row in out]
+  ours = tga_jax.generate(module, params, tokenizer, CHATS, 20, chat=True)
   assert ours == want
   assert "Paris" in ours[0]
   stopped = tga_jax.generate(module, params, tokenizer, CHATS[:1], 20, chat=True, stop=["Paris"])
