@@ -1,0 +1,171 @@
+"""The safety-mechanism analysis (spec §2) as a CLI: JSON + PNG plots for one model or several overlaid.
+
+    python -m tga_jax.analyze --model=runs/tiny/llava --data=procedural --out=runs/tiny/analysis
+    python -m tga_jax.analyze --model=llava=runs/tiny/llava --model=tga=runs/tiny/tga \\
+        --config=configs/tga/tiny.py --data=toxic_pairs.json --out=DIR
+
+For every toxic image/caption pair, two forward passes with the same safety system prompt: the image
+run `<image>\\nDescribe this image.` with the image and the text run `Describe this scene: {caption}`
+(text only). Written to --out:
+  analysis.json   per model: activation layer (Algorithm 1, top-1 and the reference's top-5 variant),
+                  end layer, per-layer cos(mean image state, mean caption state), per-layer attention of
+                  the last position to the image / caption span, per-layer refusal probability; both runs.
+  cosine.png, attention.png, refusal_prob.png, activation_layers.png   (models overlaid).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from tga_jax import analysis, eval_inputs
+
+PLOTS = ("cosine.png", "attention.png", "refusal_prob.png", "activation_layers.png")
+
+
+def analyze_model(model: eval_inputs.Model, pairs, refusal_ids, system: str, batch_size: int = 8,
+                  top_ks=(1, 5)) -> dict:
+  """The per-model summary (analysis.summarise) over all pairs, both runs."""
+  per_run = {}
+  for run in ("image", "text"):
+    tokens, images = eval_inputs.tokenize_runs(pairs, run, model, system)
+    collected = []
+    for batch, real in eval_inputs.batches(tokens, images, model, batch_size):
+      span = batch["segments"]["image" if run == "image" else "caption"]
+      pixels = batch["pixel_values"] if run == "image" else None  # the text run needs no vision tower
+      stats = analysis.forward_stats(model.params, batch["input_ids"], batch["attention_mask"], pixels, span,
+                                     config=model.module.config, refusal_ids=tuple(refusal_ids),
+                                     top_ks=tuple(top_ks))
+      stats = jax.tree.map(np.asarray, stats)
+      # The sample axis is 0 for per-sample values ([B]) and 1 for per-layer ones ([L(+1), B, ...]).
+      collected.append({k: v[:real] if v.ndim == 1 else v[:, :real] for k, v in stats.items()})
+    per_run[run] = {k: np.concatenate([c[k] for c in collected], axis=0 if collected[0][k].ndim == 1 else 1)
+                    for k in collected[0]}
+  return analysis.summarise(per_run["image"], per_run["text"], top_ks)
+
+
+def plot(results: dict, out_dir: str) -> list[str]:
+  """Per-layer curves, text (solid) vs image (dashed), one colour per model; returns the PNG paths."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  paths = []
+
+  def save(fig, name):
+    path = os.path.join(out_dir, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for i, (label, r) in enumerate(results.items()):
+    ax.plot(range(len(r["cosine"])), r["cosine"], "o-", color=colours[i % len(colours)], label=label)
+  ax.set(xlabel="layer (0 = embeddings)", ylabel="cos(mean image state, mean caption state)",
+         title="Image vs caption hidden states")
+  ax.legend()
+  save(fig, "cosine.png")
+
+  for key, name, ylabel, first in (("attention", "attention.png", "attention of the last position (heads summed)", 1),
+                                   ("refusal_prob", "refusal_prob.png", "logit-lens probability of refusal ids", 0)):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, r) in enumerate(results.items()):
+      colour = colours[i % len(colours)]
+      for run, style in (("text", "o-"), ("image", "s--")):
+        values = r[key][run]
+        ax.plot(range(first, first + len(values)), values, style, color=colour, label=f"{label} {run}")
+    span = " to the span (image tokens / caption)" if key == "attention" else ""
+    ax.set(xlabel="layer", ylabel=ylabel, title=f"{ylabel.capitalize()}{span}")
+    ax.legend(fontsize=8)
+    save(fig, name)
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  bars = [(f"{run}\n{k}", run, k) for run in ("text", "image") for k in ("top1", "top5")] + \
+         [("text\nend", "text", "end"), ("image\nend", "image", "end")]
+  width = 0.8 / max(len(results), 1)
+  for i, (label, r) in enumerate(results.items()):
+    values = [r["end_layer"][run]["mean"] if k == "end" else r["activation_layer"][run][k]["mean"]
+              for _, run, k in bars]
+    ax.bar(np.arange(len(bars)) + i * width, values, width, color=colours[i % len(colours)], label=label)
+  ax.set_xticks(np.arange(len(bars)) + width * (len(results) - 1) / 2, [b[0] for b in bars], fontsize=8)
+  ax.set(ylabel="mean layer", title="Safety activation layer (Algorithm 1) and end layer")
+  ax.legend()
+  save(fig, "activation_layers.png")
+  return paths
+
+
+def run(models, pairs, out_dir: str, phrases=analysis.DEFAULT_REFUSAL_PHRASES, system=eval_inputs.SAFETY_SYSTEM,
+        batch_size: int = 8) -> dict:
+  """Analyses each model, writes analysis.json and the plots into out_dir; returns the JSON object."""
+  os.makedirs(out_dir, exist_ok=True)
+  report = {"num_pairs": len(pairs), "refusal_phrases": list(phrases), "system": system, "models": {}}
+  for model in models:
+    start = time.perf_counter()
+    ids = analysis.refusal_token_ids(model.tokenizer, phrases)
+    summary = analyze_model(model, pairs, ids, system, batch_size)
+    summary["refusal_ids"] = list(ids)
+    summary["refusal_tokens"] = [model.tokenizer.decode([i]) for i in ids]
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    report["models"][model.label] = summary
+  report["plots"] = plot(report["models"], out_dir)
+  with open(os.path.join(out_dir, "analysis.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  return report
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m tga_jax.analyze", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", action="append", required=True, metavar="[LABEL=]PATH",
+                 help="a tga_jax.train workdir (with params/) or a llava-hf folder / composition JSON; repeat it "
+                      "to overlay models (e.g. --model=llava=runs/a --model=tga=runs/b). LABEL names the model in "
+                      "the JSON and plots (default: the folder name).")
+  p.add_argument("--compare", nargs="*", default=[], metavar="[LABEL=]PATH",
+                 help="more models to overlay, the same as further --model flags.")
+  p.add_argument("--data", required=True,
+                 help="a LLaVA JSON of toxic pairs (records with 'image' and 'image_caption' (else the first "
+                      "answer); records with toxic=false are skipped), or 'procedural[:n=28,seed=12345,"
+                      "image_size=32]' to draw the 7 toxic scenes of tga_jax.procedural into --out.")
+  p.add_argument("--out", required=True, help="output folder for analysis.json and the PNG plots.")
+  p.add_argument("--config", default="configs/tga/tiny.py",
+                 help="the training config of workdir models (architecture, tokenizer, template); 'file.py[:arg]'.")
+  p.add_argument("--tokenizer", default="", help="tokenizer path or name (default: the config's / the model folder's).")
+  p.add_argument("--template", default="", help="conversation template (default: the config's stage-2 template, "
+                                                 "else vicuna_v1).")
+  p.add_argument("--refusal-phrases", default=",".join(analysis.DEFAULT_REFUSAL_PHRASES),
+                 help="comma-separated words whose first tokens form the refusal ids K.")
+  p.add_argument("--system", default=eval_inputs.SAFETY_SYSTEM, help="the safety system prompt both runs share.")
+  p.add_argument("--image-dir", default="", help="image root for --data (default: the JSON's folder).")
+  p.add_argument("--limit", type=int, default=0, help="analyse at most this many pairs (0 = all).")
+  p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass.")
+  return p
+
+
+def main(argv=None):
+  args = parser().parse_args(argv)
+  phrases = tuple(p.strip() for p in args.refusal_phrases.split(",") if p.strip())
+  if not phrases:
+    raise SystemExit("--refusal-phrases: no phrase given")
+  pairs = eval_inputs.load_pairs(args.data, args.out, args.image_dir, args.limit)
+  models = [eval_inputs.load_model(m, args.config, args.tokenizer, args.template) for m in args.model + args.compare]
+  labels = [m.label for m in models]
+  if len(set(labels)) != len(labels):
+    raise SystemExit(f"--model: labels {labels} repeat; name them as LABEL=PATH")
+  report = run(models, pairs, args.out, phrases, args.system, args.batch_size)
+  for label, r in report["models"].items():
+    act = r["activation_layer"]
+    print(f"{label}: activation layer text {act['text']['top1']['mean']:.2f} (top-5 {act['text']['top5']['mean']:.2f})"
+          f", image {act['image']['top1']['mean']:.2f} (top-5 {act['image']['top5']['mean']:.2f}); cosine per layer "
+          + " ".join(f"{c:.3f}" for c in r["cosine"]))
+  print("wrote", os.path.join(args.out, "analysis.json"), *report["plots"])
+  return report
+
+
+if __name__ == "__main__":
+  main()
