@@ -53,6 +53,7 @@ def plot(results: dict, out_dir: str) -> list[str]:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.ticker import MaxNLocator
 
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   paths = []
@@ -67,21 +68,24 @@ def plot(results: dict, out_dir: str) -> list[str]:
   fig, ax = plt.subplots(figsize=(6, 4))
   for i, (label, r) in enumerate(results.items()):
     ax.plot(range(len(r["cosine"])), r["cosine"], "o-", color=colours[i % len(colours)], label=label)
-  ax.set(xlabel="layer (0 = embeddings)", ylabel="cos(mean image state, mean caption state)",
+  ax.set(xlabel="layer (0 = embeddings)", ylabel="cos(mean image, mean caption state)",
          title="Image vs caption hidden states")
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.legend()
   save(fig, "cosine.png")
 
-  for key, name, ylabel, first in (("attention", "attention.png", "attention of the last position (heads summed)", 1),
-                                   ("refusal_prob", "refusal_prob.png", "logit-lens probability of refusal ids", 0)):
+  curves = (("attention", "attention.png", "attention mass (heads summed)", 1,
+             "Last position's attention to the span\n(image tokens in the image run, caption in the text run)"),
+            ("refusal_prob", "refusal_prob.png", "p_l(refusal ids)", 0, "Logit lens: probability of refusal tokens"))
+  for key, name, ylabel, first, title in curves:
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (label, r) in enumerate(results.items()):
       colour = colours[i % len(colours)]
       for run, style in (("text", "o-"), ("image", "s--")):
         values = r[key][run]
         ax.plot(range(first, first + len(values)), values, style, color=colour, label=f"{label} {run}")
-    span = " to the span (image tokens / caption)" if key == "attention" else ""
-    ax.set(xlabel="layer", ylabel=ylabel, title=f"{ylabel.capitalize()}{span}")
+    ax.set(xlabel="layer", ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     save(fig, name)
 

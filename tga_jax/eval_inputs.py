@@ -13,6 +13,7 @@ kept when `toxic` is true or absent, with its `scene` ("unknown" if absent) and 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -61,6 +62,16 @@ def load_config(spec: str):
   return module.get_config(arg)
 
 
+@functools.lru_cache(maxsize=8)
+def build_from_config(config: str):
+  """'file.py[:arg]' -> (module, tokenizer, template) of the config's model, built once per process
+  (loading a GGUF tokenizer takes seconds, and compared models usually share a config)."""
+  from tga_jax.train import build_model
+  cfg = load_config(config)
+  module, _, tokenizer = build_model(cfg.model)
+  return module, tokenizer, cfg.data.caption_template
+
+
 def load_model(spec: str, config: str = "configs/tga/tiny.py", tokenizer: str = "", template: str = "") -> Model:
   """'[LABEL=]PATH' -> Model (see the module docstring). template: default the config's stage-2 template
   for a train workdir, 'vicuna_v1' otherwise."""
@@ -69,14 +80,12 @@ def load_model(spec: str, config: str = "configs/tga/tiny.py", tokenizer: str = 
   if not os.path.exists(path):
     raise FileNotFoundError(f"--model {spec!r}: {path} does not exist")
   if os.path.isdir(os.path.join(path, "params")):
-    from tga_jax.train import build_model, load_params
-    cfg = load_config(config)
-    module, _, tok = build_model(cfg.model)
+    from tga_jax.train import load_params
+    module, tok, config_template = build_from_config(config)
     if tokenizer:
       from tga_jax.tokenizer import load_tokenizer
       tok = load_tokenizer(tokenizer)
-    params = load_params(path)
-    return Model(label, module, params, tok, template or cfg.data.caption_template)
+    return Model(label, module, load_params(path), tok, template or config_template)
   from tga_jax.lvlm_params import load_lvlm
   from tga_jax.tokenizer import load_tokenizer
   module, params = load_lvlm(path)
