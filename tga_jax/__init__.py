@@ -24,6 +24,10 @@ from tga_jax.lvlm_params import (add_image_token, compose_lvlm, load_lvlm, save_
                                  trainable_mask, trainable_patterns)
 from tga_jax.projector import Projector, ProjectorConfig
 from tga_jax.siglip import SiglipVisionTransformer
+# Safety analysis (logit lens, Algorithm 1) and evaluation (judges, DSR, general-ability metrics).
+from tga_jax.analysis import DEFAULT_REFUSAL_PHRASES, lens_logits, refusal_token_ids, safety_layers
+from tga_jax.eval_metrics import extract_choice, mc_accuracy, pope_metrics, vqa_accuracy
+from tga_jax.judge import LlmJudge, RefusalPhraseJudge, defense_success_rate, dsr_table
 
 __all__ = [
     "KNOWN_MODELS", "LlamaConfig", "LlamaForCausalLM", "WeightsError", "encode_chat", "generate",
@@ -36,4 +40,6 @@ __all__ = [
     "save_projector",
     "tokenize_conversation", "trainable_mask", "trainable_patterns", "SiglipVisionTransformer", "generate_lvlm",
     "generate_lvlm_tokens", "add_image_token",
+    "DEFAULT_REFUSAL_PHRASES", "lens_logits", "refusal_token_ids", "safety_layers", "extract_choice", "mc_accuracy",
+    "pope_metrics", "vqa_accuracy", "LlmJudge", "RefusalPhraseJudge", "defense_success_rate", "dsr_table",
 ]

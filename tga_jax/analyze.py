@@ -143,7 +143,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--template", default="", help="conversation template (default: the config's stage-2 template, "
                                                  "else vicuna_v1).")
   p.add_argument("--refusal-phrases", default=",".join(analysis.DEFAULT_REFUSAL_PHRASES),
-                 help="comma-separated words whose first tokens form the refusal ids K.")
+                 help="comma-separated refusal words; their token ids (at a text's start and after a space; see "
+                      "tga_jax.analysis.refusal_token_ids) form K, the refusal ids of Algorithm 1.")
   p.add_argument("--system", default=eval_inputs.SAFETY_SYSTEM, help="the safety system prompt both runs share.")
   p.add_argument("--image-dir", default="", help="image root for --data (default: the JSON's folder).")
   p.add_argument("--limit", type=int, default=0, help="analyse at most this many pairs (0 = all).")
