@@ -63,6 +63,7 @@ def test_two_stages_with_resume_and_bad_records_counted(tmp_path):
   assert steps[-1] == 8 and sorted(set(steps)) == sorted(steps)  # nothing repeated
 
 
+@pytest.mark.slow
 def test_guidance_alone_reaches_the_projector_and_raises_cosine(tmp_path):
   config = small(2, **{"tga.lm_weight": 0.0, "tga.weight": 1.0})
   module, _, tokenizer = tga_train.build_model(config.model)
