@@ -64,13 +64,18 @@ def test_logit_lens_matches_the_model_at_the_last_layer():
   model = LlamaForCausalLM(cfg)
   ids = jnp.asarray([[3, 4, 5, 6], [7, 8, 9, 0]])
   mask = jnp.asarray([[1, 1, 1, 1], [1, 1, 0, 0]])  # right padding: the second row ends at position 1
-  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), ids)["params"])
-  logits, aux = model.apply({"params": params}, ids, mask, output_hidden_states=True)
-  last = analysis.last_position(aux["hidden_states"], mask)
-  lens = analysis.lens_logits(cfg, params, last)  # [L+1, B, V]
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), ids)["params"])
+
+  @jax.jit
+  def run(params):
+    logits, aux = model.apply({"params": params}, ids, mask, output_hidden_states=True)
+    last = analysis.last_position(aux["hidden_states"], mask)
+    return logits, aux["hidden_states"], analysis.lens_logits(cfg, params, last)  # lens: [L+1, B, V]
+
+  logits, hidden, lens = run(params)
   np.testing.assert_allclose(lens[-1], logits[jnp.arange(2), jnp.asarray([3, 1])], rtol=1e-5, atol=1e-5)
   # An inner layer: final norm, then the LM head.
-  h = aux["hidden_states"][1, 0, 3]
+  h = hidden[1, 0, 3]
   normed = h * jax.lax.rsqrt(jnp.mean(h * h) + cfg.rms_norm_eps) * params["final_norm"]["scale"]
   np.testing.assert_allclose(lens[1, 0], normed @ params["lm_head"]["kernel"], rtol=1e-4, atol=1e-5)
 

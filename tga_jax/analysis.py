@@ -37,7 +37,8 @@ def refusal_token_ids(tokenizer, phrases=DEFAULT_REFUSAL_PHRASES) -> tuple[int, 
   for phrase in phrases:
     if not phrase.strip():
       raise ValueError(f"refusal phrase {phrase!r} is empty")
-    variants = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (phrase.strip(), " " + phrase.strip())]
+    word = phrase.strip()
+    variants = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (word, " " + word)]
     if not all(variants):
       raise ValueError(f"refusal phrase {phrase!r} encodes to no token with {type(tokenizer).__name__}")
     single = [v[0] for v in variants if len(v) == 1]

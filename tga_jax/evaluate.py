@@ -168,9 +168,11 @@ def markdown(report: dict) -> str:
     lines.append("")
   if len(models) > 1:
     conditions = list(next(iter(models.values()))["safety"]["dsr"])
-    lines += ["## DSR, all scenes", "", "| model | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
+    lines += ["## DSR, all scenes", "", "| model | " + " | ".join(conditions) + " |",
+              "|---|" + "---|" * len(conditions)]
     for label, r in models.items():
-      lines.append(f"| {label} | " + " | ".join(f"{r['safety']['dsr'][c]['all']['dsr']:.2f}" for c in conditions) + " |")
+      pooled = [f"{r['safety']['dsr'][c]['all']['dsr']:.2f}" for c in conditions]
+      lines.append(f"| {label} | " + " | ".join(pooled) + " |")
     lines.append("")
   general = [(label, kind, m) for label, r in models.items() for kind, m in r.get("general", {}).items()]
   if general:
