@@ -136,3 +136,21 @@ def test_evaluate_cli_rejects_bad_input(tmp_path):
   bad.write_text('{"question_id": 1, "text": "What?"}\n')
   with pytest.raises(ValueError, match=r"vqa\.jsonl:1: no reference"):
     evaluate.read_jsonl(str(bad), "vqa")
+
+
+@pytest.mark.slow
+def test_fixed_length_generation_equals_generate_lvlm(tmp_path):
+  """evaluate.generate_replies pads every prompt to one length (one compiled program); its greedy
+  replies must be generate_lvlm's, which pads each batch to its own longest prompt."""
+  from tests.tiny_lvlm import save_random_workdir
+  from tga_jax import eval_inputs, evaluate
+  from tga_jax.lvlm_generate import generate_lvlm
+  model = eval_inputs.load_model(f"m={save_random_workdir(str(tmp_path / 'm'), seed=2)}")
+  pairs = eval_inputs.load_pairs("procedural:n=3,seed=9", str(tmp_path))
+  messages = [eval_inputs.run_messages(pairs[0], "image"), eval_inputs.run_messages(pairs[1], "text"),
+              eval_inputs.run_messages(pairs[2], "text", retrieved=True)]
+  images = [[pairs[0].image], [], []]
+  ours = evaluate.generate_replies(model, messages, images, max_new_tokens=6, batch_size=4, system="Be safe.")
+  reference = generate_lvlm(model.module, model.params, model.tokenizer, messages, images, model.template,
+                            max_new_tokens=6, system="Be safe.")
+  assert all(ours) and ours == [r.strip() for r in reference]
