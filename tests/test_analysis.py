@@ -89,6 +89,26 @@ def test_span_attention_and_cosines():
   np.testing.assert_allclose(analysis.span_cosines(a, b), [[0.0], [1.0]], atol=1e-6)
 
 
+def test_summary_averages_over_samples():
+  def run(attention, ends, means):
+    return {"attention": np.asarray(attention, np.float32), "end": np.asarray(ends),
+            "refusal_prob": np.zeros((3, 2), np.float32), "activation/top1": np.asarray([2, 1]),
+            "activation/top5": np.asarray([2, 2]), "span_means": np.asarray(means, np.float32)}
+  # [L+1=3, N=2, D=2] means; the image run is the text run rotated by 90 degrees in sample 1 at layer 0.
+  text_means = [[[1, 0], [1, 0]], [[1, 1], [0, 1]], [[0, 1], [0, 2]]]
+  image_means = [[[1, 0], [0, 1]], [[1, 1], [0, 1]], [[0, 1], [0, 1]]]
+  out = analysis.summarise(run([[0.2, 0.4], [0.5, 0.7]], [3, -1], image_means),
+                           run([[0.1, 0.3], [0.0, 1.0]], [-1, -1], text_means))
+  assert out["num_samples"] == 2 and out["num_layers"] == 2
+  np.testing.assert_allclose(out["cosine"], [0.5, 1.0, 1.0], atol=1e-6)
+  # Attention is the mean over samples (the reference keeps the last sample's only).
+  np.testing.assert_allclose(out["attention"]["image"], [0.3, 0.6], atol=1e-6)
+  np.testing.assert_allclose(out["attention"]["text"], [0.2, 0.5], atol=1e-6)
+  assert out["activation_layer"]["image"]["top1"]["mean"] == 1.5 and out["activation_layer"]["text"]["top5"]["mean"] == 2
+  assert out["end_layer"]["image"] == {"mean": 3.0, "found": 1, "per_sample": [3, -1]}
+  assert out["end_layer"]["text"]["mean"] is None and out["end_layer"]["text"]["found"] == 0
+
+
 def test_refusal_ids_come_from_the_tokenizer():
   from tga_jax.eval_inputs import build_from_config
   tokenizer = build_from_config("configs/tga/tiny.py")[1]  # SmolLM2's; cached for the CLI test below
@@ -120,6 +140,7 @@ def test_analysis_cli_on_tiny_checkpoints_writes_json_and_plots(tmp_path):
         layers = r["activation_layer"][run][k]["per_sample"]
         assert len(layers) == 7 and all(1 <= v <= 4 for v in layers)
       assert all(-1 <= v <= 4 for v in r["end_layer"][run]["per_sample"])
+      assert r["end_layer"][run]["found"] == sum(v >= 0 for v in r["end_layer"][run]["per_sample"])
     assert r["refusal_ids"] and len(r["refusal_tokens"]) == len(r["refusal_ids"])
   assert report["models"]["baseline"]["cosine"] != report["models"]["tga"]["cosine"]
   for name in analyze.PLOTS:

@@ -140,7 +140,8 @@ def summarise(image: dict, text: dict, top_ks=(1, 5)) -> dict:
   image / text: forward_stats outputs concatenated over batches on the sample axis.
   Returns JSON-ready lists: 'cosine' [L+1] (mean over samples of cos(I_l, C_l)), 'attention'
   {run: [L]} and 'refusal_prob' {run: [L+1]} (means over samples), 'activation_layer' {run: {top<k>:
-  {mean, per_sample}}}, 'end_layer' {run: {mean, per_sample}}.
+  {mean, per_sample}}}, 'end_layer' {run: {mean (over the samples that have one; None if none), found
+  (how many have one), per_sample (-1: none)}}.
   """
   cos = np.asarray(span_cosines(image["span_means"], text["span_means"]))  # [L+1, N]
   out = {"num_samples": int(cos.shape[1]), "num_layers": int(cos.shape[0] - 1),
@@ -152,7 +153,11 @@ def summarise(image: dict, text: dict, top_ks=(1, 5)) -> dict:
     out["refusal_prob"][run] = np.asarray(stats["refusal_prob"]).mean(axis=1).tolist()
     out["activation_layer"][run] = {
         f"top{k}": _mean_and_list(stats[f"activation/top{k}"]) for k in top_ks}
-    out["end_layer"][run] = _mean_and_list(stats["end"])
+    ends = np.asarray(stats["end"]).astype(int)
+    found = ends[ends >= 0]
+    # -1 means "no layer ever ranks a refusal id first"; averaging it in would read as a layer.
+    out["end_layer"][run] = {"mean": float(found.mean()) if found.size else None, "found": int(found.size),
+                             "per_sample": ends.tolist()}
   return out
 
 

@@ -96,9 +96,11 @@ def plot(results: dict, out_dir: str) -> list[str]:
   for i, (label, r) in enumerate(results.items()):
     values = [r["end_layer"][run]["mean"] if k == "end" else r["activation_layer"][run][k]["mean"]
               for _, run, k in bars]
+    values = [np.nan if v is None else v for v in values]  # no end layer in any sample: no bar
     ax.bar(np.arange(len(bars)) + i * width, values, width, color=colours[i % len(colours)], label=label)
   ax.set_xticks(np.arange(len(bars)) + width * (len(results) - 1) / 2, [b[0] for b in bars], fontsize=8)
-  ax.set(ylabel="mean layer", title="Safety activation layer (Algorithm 1) and end layer")
+  ax.set(ylabel="mean layer", title="Safety activation layer (Algorithm 1) and end layer\n(end: over samples "
+                                    "that have one)")
   ax.legend()
   save(fig, "activation_layers.png")
   return paths
