@@ -104,7 +104,8 @@ def test_summary_averages_over_samples():
   # Attention is the mean over samples (the reference keeps the last sample's only).
   np.testing.assert_allclose(out["attention"]["image"], [0.3, 0.6], atol=1e-6)
   np.testing.assert_allclose(out["attention"]["text"], [0.2, 0.5], atol=1e-6)
-  assert out["activation_layer"]["image"]["top1"]["mean"] == 1.5 and out["activation_layer"]["text"]["top5"]["mean"] == 2
+  assert out["activation_layer"]["image"]["top1"]["mean"] == 1.5
+  assert out["activation_layer"]["text"]["top5"]["mean"] == 2
   assert out["end_layer"]["image"] == {"mean": 3.0, "found": 1, "per_sample": [3, -1]}
   assert out["end_layer"]["text"]["mean"] is None and out["end_layer"]["text"]["found"] == 0
 
