@@ -32,12 +32,14 @@ test-fast: setup-test
 
 demo: setup
 	rm -rf $(DEMO_DIR)
-	@echo "== 1/2 trainkit runtime: sharded digits MLP, checkpoint, then resume to a longer horizon"
+	@echo "== 1/3 trainkit runtime: sharded digits MLP, checkpoint, then resume to a longer horizon"
 	$(BIN)/python launch/demo.py --workdir=$(DEMO_DIR)/runtime --config=configs/demo/digits.py
 	$(BIN)/python launch/demo.py --workdir=$(DEMO_DIR)/runtime --config=configs/demo/digits.py --config.total_steps=300
-	@echo "== 2/2 comparative loss: BBC News, 64 training articles, MiniLM-L6, baseline vs CmpLoss c=2, 2 seeds"
+	@echo "== 2/3 comparative loss: BBC News, 64 training articles, MiniLM-L6, baseline vs CmpLoss c=2, 2 seeds"
 	$(BIN)/python launch/sweep.py --config=configs/comploss/bbc.py:train_size=64,seeds=2,epochs=8 \
 	    --workdir=$(DEMO_DIR)/bbc --set progress_bar=false
+	@echo "== 3/3 TGA on the tiny config: stage 1, stage 2 with lambda=0 and with TGA, analysis, evaluation"
+	$(BIN)/python launch/tga_demo.py --workdir=$(DEMO_DIR)/tga
 
 clean:
 	rm -rf $(VENV) runs
