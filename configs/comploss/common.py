@@ -1,16 +1,7 @@
 """Fields shared by the comparative-loss configs (imported by path-loaded config files)."""
 import ml_collections
 
-
-def parse(arg: str, **defaults):
-  """'k=v,k2=v2' -> defaults updated (values cast to the defaults' types); unknown keys fail."""
-  values = dict(defaults)
-  for item in filter(None, arg.split(",")):
-    key, _, value = item.partition("=")
-    if key not in values:
-      raise ValueError(f"config arg {key!r}: expected one of {sorted(values)}")
-    values[key] = type(values[key])(value)
-  return values
+from configs.common import parse  # noqa: F401  (re-exported for the config files)
 
 
 def base_config(*, trainer, task, model, seed, epochs, n_drop, n_crop=0, target="ultra", learning_rate,

@@ -1,6 +1,8 @@
 """Fields shared by the TGA configs."""
 import ml_collections
 
+from configs.common import parse  # noqa: F401  (re-exported for the config files)
+
 # Rules: batch over data x fsdp; weights split over fsdp on the model dimension and over tensor on
 # heads / MLP width / vocabulary; the scanned 'layers' axis is never split.
 RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
@@ -9,16 +11,6 @@ RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("he
 # chips, data across hosts) and one 8-GPU node (fsdp over NVLink).
 MESHES = {"cpu": {"data": -1, "fsdp": 1, "tensor": 1}, "tpu_pod": {"data": -1, "fsdp": 8, "tensor": 1},
           "gpu8": {"data": 1, "fsdp": 8, "tensor": 1}}
-
-
-def parse(arg: str, **defaults):
-  values = dict(defaults)
-  for item in filter(None, arg.split(",")):
-    key, _, value = item.partition("=")
-    if key not in values:
-      raise ValueError(f"config arg {key!r}: expected one of {sorted(values)}")
-    values[key] = type(values[key])(value)
-  return values
 
 
 def base_config(*, stage, seed, weight, layers, template, lr, batch_size, total_steps, mesh, model, data):
