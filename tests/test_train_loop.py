@@ -130,3 +130,14 @@ def test_nan_stops_the_run_naming_step_and_metric_and_saves_nothing_after(tmp_pa
     run(small_config(), tmp_path, intercept=(bad_step, poison))
   saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
   assert saved == [5]
+
+
+def test_relative_workdir_checkpoints_and_resumes(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # Orbax wants absolute paths: the runtime must make them so
+  config = small_config(total_steps=3)
+  config.checkpoint.every = 2
+  run(config, "relative/run")
+  assert sorted(os.listdir(tmp_path / "relative" / "run" / "checkpoints")) == ["2", "3"]
+  config.total_steps = 4
+  run(config, "relative/run")
+  assert sorted(losses(tmp_path / "relative" / "run")) == [1, 2, 3, 4]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 
 import jax
 import orbax.checkpoint as ocp
@@ -70,7 +71,7 @@ class Checkpointer:
   def __init__(self, directory, *, every: int, keep: int = 3, use_async: bool = True):
     quiet_orbax_logs()
     self.every = int(every)
-    self.directory = epath.Path(directory)
+    self.directory = epath.Path(os.path.abspath(directory))  # Orbax requires absolute paths
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(

@@ -136,9 +136,11 @@ def train_loop(
         pending = (step, metrics)
         preempted = sigterm.any_process()
         due_eval = eval_fn is not None and (step == total or (eval_every and step % eval_every == 0))
-        if step == total or preempted or due_eval or checkpointer.should_save(step):
+        save = step == total or preempted or checkpointer.should_save(step)
+        if save or due_eval:
           report(*pending)  # a state is saved or evaluated only after its own step checked finite
           pending = None
+        if save:
           checkpointer.save(step, state, data_iter.get_state())
         if due_eval:
           writer.write(step, eval_fn(state), prefix="eval")
