@@ -3,7 +3,10 @@
     python launch/tga_demo.py --workdir=runs/demo/tga
 
 1. stage 1 (plain captioning, projector only) -> <workdir>/stage1
-2. stage 2 from stage 1 twice, on identical data: lambda = 0 (plain LLaVA) -> <workdir>/llava, and
+2. the retrieval index: MiniLM-L6 embeddings of the stage-2 captions in a ScaNN index
+   (<workdir>/index); each image's retrieved text is its caption's nearest other caption (the caption
+   stands in for a CLIP image embedding: no CLIP weights ship offline), after the leak guard
+3. stage 2 from stage 1 twice, on identical data: lambda = 0 (plain LLaVA) -> <workdir>/llava, and
    TGA (lambda = 1 at the config's guided layers) -> <workdir>/tga
 3. fresh toxic pairs (the 7 toxic procedural scenes, unseen seed) and small VQA / multiple-choice /
    POPE files drawn from benign scenes -> <workdir>/eval_data
@@ -31,13 +34,47 @@ from tga_jax import analyze, eval_inputs, evaluate, procedural, train  # noqa: E
 BENIGN = ("ball", "house", "car", "cup", "flower", "star")  # scenes whose drawing uses the sampled colour
 
 
-def train_stage(workdir: str, arg: str, steps: int, init_from: str = "") -> str:
+def build_stage2_data(workdir: str) -> str:
+  """Procedural stage-2 data whose retrieved captions come from a real ScaNN index (see step 2)."""
+  path = os.path.join(workdir, "data.json")
+  if os.path.exists(path):
+    return path
+  import comploss_jax
+  from comploss_jax.encoder_params import resolve_model_dir
+  from transformers import AutoTokenizer
+  import jax
+  from tga_jax.retrieval import TextIndex, leak_guard
+  p = tiny.get_config("stage=2").data.procedural
+  records = procedural.make_records(p.n, seed=p.seed, image_size=p.image_size)
+  captions = [r["caption"] for r in records]
+  encoder, params = comploss_jax.load_encoder("all-minilm-l6-v2")
+  tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir("all-minilm-l6-v2"))
+  enc = tokenizer(captions, padding="max_length", truncation=True, max_length=32, return_tensors="np")
+  hidden, _ = jax.jit(encoder.apply)({"params": params}, enc["input_ids"], enc["attention_mask"])
+  embeddings = np.asarray(comploss_jax.mean_pool(hidden, enc["attention_mask"]))
+  index = TextIndex.build(embeddings, captions)
+  index.save(os.path.join(workdir, "index"))
+  neighbours, _ = index.search(embeddings, k=2)
+  retrieved = []
+  for own, row in zip(captions, neighbours):
+    best = next((captions[j] for j in row if captions[j] != own), captions[row[0]])
+    retrieved.append(leak_guard(best, own))
+  same_scene = np.mean([records[captions.index(r)]["scene"] == rec["scene"] if r in captions else False
+                        for r, rec in zip(retrieved, records)])
+  print(f"  index of {len(captions)} captions -> {os.path.join(workdir, 'index')}; retrieved text from the "
+        f"image's own scene for {100 * same_scene:.0f}% of images")
+  extra = procedural.text_refusal_records(p.refusals, p.seed)
+  return procedural.write_llava_dataset(workdir, records, 2, p.seed, extra=extra, retrieved=retrieved)
+
+
+def train_stage(workdir: str, arg: str, steps: int, init_from: str = "", data_json: str = "") -> str:
   """Runs tga_jax.train with configs/tga/tiny.py:<arg> unless <workdir>/params already exists."""
   if os.path.isdir(os.path.join(workdir, "params")):
     print(f"  {workdir}: done before, reused")
     return workdir
   config = tiny.get_config(f"{arg},steps={steps}")
   config.init_from = init_from
+  config.data.json = data_json
   config.progress_bar = False
   start = time.perf_counter()
   summary = train.train(config, workdir)
@@ -122,9 +159,10 @@ def main(argv=None):
 
   print("[1/5] stage 1: projector on plain captioning")
   s1 = train_stage(os.path.join(wd, "stage1"), "stage=1", args.steps)
-  print("[2/5] stage 2: lambda = 0 (plain LLaVA) and TGA, same data, both from stage 1")
-  llava = train_stage(os.path.join(wd, "llava"), "stage=2,weight=0", args.steps, init_from=s1)
-  tga = train_stage(os.path.join(wd, "tga"), "stage=2,weight=1.0", args.steps, init_from=s1)
+  print("[2/5] retrieval index (ScaNN) and stage 2: lambda = 0 (plain LLaVA) and TGA, same data, from stage 1")
+  data_json = build_stage2_data(os.path.join(wd, "stage2_data"))
+  llava = train_stage(os.path.join(wd, "llava"), "stage=2,weight=0", args.steps, init_from=s1, data_json=data_json)
+  tga = train_stage(os.path.join(wd, "tga"), "stage=2,weight=1.0", args.steps, init_from=s1, data_json=data_json)
 
   print("[3/5] evaluation data: unseen toxic pairs and general-ability questions")
   data_dir = os.path.join(wd, "eval_data")
