@@ -29,7 +29,8 @@ def small(stage, workdir_data=None, **overrides):
 
 
 def rows(workdir, split):
-  return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl")) if json.loads(line)["split"] == split]
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  return [r for r in records if r["split"] == split]
 
 
 @pytest.mark.slow
@@ -103,3 +104,18 @@ def test_guidance_alone_reaches_the_projector_and_raises_cosine(tmp_path):
     projector, opt, after = step(projector, opt)
   for j in config.tga.layers:
     assert float(after[f"cos_ic/{j}"]) > float(metrics[f"cos_ic/{j}"]) + 0.05, j
+
+
+def test_bucket_trimmer_cuts_padding_to_the_smallest_fitting_bucket():
+  from tga_jax.llava_data import bucket_trimmer
+  mask = np.zeros((2, 96), np.int32)
+  mask[0, :40], mask[1, :70] = 1, 1
+  cap = np.zeros((2, 48), np.int32)
+  cap[:, :20] = 1
+  batch = {"input_ids": np.arange(192).reshape(2, 96), "attention_mask": mask, "loss_mask": mask > 0,
+           "retrieved_mask": mask > 0, "pixel_values": np.zeros((2, 1, 4, 4, 3)), "caption_ids": cap,
+           "caption_attention_mask": cap, "caption_mask": cap > 0}
+  out = bucket_trimmer((64, 80, 96), (32, 48))(batch)
+  assert out["input_ids"].shape == (2, 80) and out["loss_mask"].shape == (2, 80)  # longest is 70
+  assert out["caption_ids"].shape == (2, 32) and out["pixel_values"].shape == (2, 1, 4, 4, 3)
+  assert out["attention_mask"].sum() == mask.sum()  # no real token is cut

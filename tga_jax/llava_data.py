@@ -186,3 +186,32 @@ def make_parse(tokenizer, config: LvlmConfig, spec: ExampleSpec):
 
   return parse
 
+
+
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "loss_mask", "retrieved_mask")
+CAPTION_KEYS = ("caption_ids", "caption_attention_mask", "caption_mask")
+
+
+def bucket_trimmer(buckets: tuple[int, ...], caption_buckets: tuple[int, ...] = ()):
+  """A batch transform: cut the right padding of a batch down to the smallest length bucket that
+  holds its longest sequence (and likewise for the caption pass), so short batches do not pay for
+  max_length. Each bucket is one compiled shape; every example keeps all its tokens.
+
+  Multi-host: every host must pick the same bucket for a step, so use it with one process (or
+  buckets equal to max_length) until the bucket is agreed across hosts.
+  """
+  def pick(lengths, choices, full):
+    longest = int(lengths.max())
+    return next((b for b in sorted(choices) if b >= longest), full)
+
+  def trim(batch: dict) -> dict:
+    out = dict(batch)
+    if buckets:
+      n = pick(batch["attention_mask"].sum(axis=1), buckets, batch["input_ids"].shape[1])
+      out.update({k: batch[k][:, :n] for k in SEQUENCE_KEYS if k in batch})
+    if caption_buckets:
+      n = pick(batch["caption_attention_mask"].sum(axis=1), caption_buckets, batch["caption_ids"].shape[1])
+      out.update({k: batch[k][:, :n] for k in CAPTION_KEYS if k in batch})
+    return out
+
+  return trim

@@ -141,8 +141,14 @@ def train(config, workdir: str) -> dict:
   sources = llava_data.prepared(builder)
   parse = llava_data.make_parse(tokenizer, lvlm_cfg, spec)
   skipped = trainkit.SkipCounter()
+  buckets = tuple(config.data.get("buckets", ()))
+  if buckets and jax.process_count() > 1:
+    logging.warning("data.buckets ignored with %d processes: hosts would pick different shapes for one step",
+                    jax.process_count())
+    buckets = ()
+  trim = llava_data.bucket_trimmer(buckets, tuple(config.data.get("caption_buckets", ()))) if buckets else None
   data = trainkit.make_train_iterator(sources["train"], global_batch_size=config.batch_size, seed=config.seed,
-                                      parse=parse, skip_counter=skipped)
+                                      parse=parse, skip_counter=skipped, batch_transform=trim)
   sample = jax.tree.map(lambda x: x[None], _first_good(sources["train"], parse))
 
   mesh = trainkit.make_mesh(config.mesh)

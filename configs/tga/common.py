@@ -21,6 +21,10 @@ def base_config(*, stage, seed, weight, layers, template, lr, batch_size, total_
   config.mesh = MESHES[mesh]
   config.rules = RULES
   config.model = model
+  # buckets: each batch is cut to the smallest of these lengths that holds its longest sequence
+  # (one compiled shape per bucket); () pads every batch to max_length.
+  data.setdefault("buckets", ())
+  data.setdefault("caption_buckets", ())
   config.data = dict(json="", image_dir="", tfds_dir="", heldout_fraction=0.1, template=template,
                      caption_template=template if template != "plain" else "vicuna_v1", use_retrieved=True, **data)
   config.tga = dict(weight=weight if stage == 2 else 0.0, schedule="constant", form="paper", layers=tuple(layers),

@@ -21,7 +21,8 @@ def get_config(arg: str = ""):
       stage=a["stage"], seed=a["seed"], weight=a["weight"], layers=tuple(range(10, 19)), template="vicuna_v1",
       lr=1e-3 if a["stage"] == 1 else 2e-5, batch_size=256 if a["stage"] == 1 else 128,
       total_steps=STEPS[a["stage"]], mesh=a["mesh"], model=model,
-      data=dict(max_length=2048, caption_max_length=128, procedural=dict(n=0, seed=0, image_size=336, refusals=0)))
+      data=dict(max_length=2048, caption_max_length=128, buckets=(512, 1024, 1536, 2048),
+                procedural=dict(n=0, seed=0, image_size=336, refusals=0)))
   config.data.heldout_fraction = 0.002
   config.checkpoint.every = 500
   config.eval_every = 500

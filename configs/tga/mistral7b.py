@@ -4,7 +4,7 @@ layers 10-18, the reference scripts' learning rates, batch sizes and lengths (sp
     python -m tga_jax.train --config=configs/tga/mistral7b.py:stage=1,mesh=tpu_pod \\
         --config.model.vision_path=clip-vit-large-patch14-336 --config.model.llm_path=Mistral-7B-Instruct-v0.2 \\
         --config.data.json=blip_laion_cc_sbu_558k.json --config.data.image_dir=llava_pretrain/images --workdir=gs://...
-    python -m tga_jax.train --config=configs/tga/mistral7b.py:stage=2,mesh=tpu_pod --config.init_from=<stage-1 workdir> \\
+    python -m tga_jax.train --config=configs/tga/mistral7b.py:stage=2,mesh=tpu_pod --config.init_from=<stage 1> \\
         --config.data.json=llava_v1_5_mix665k_annotated.json --config.data.image_dir=... --workdir=...
 
 Batch sizes are global: the reference's per-device 32 (stage 1) and 4 (stage 2) on 8 GPUs. bf16 matmuls,
@@ -25,7 +25,7 @@ def get_config(arg: str = ""):
       stage=a["stage"], seed=a["seed"], weight=a["weight"], layers=tuple(range(10, 19)), template="llava_llama_2",
       lr=1e-3 if a["stage"] == 1 else 2e-6, batch_size=256 if a["stage"] == 1 else 32,
       total_steps=STEPS[a["stage"]], mesh=a["mesh"], model=model,
-      data=dict(max_length=2048 if a["stage"] == 1 else 1200, caption_max_length=128,
+      data=dict(max_length=2048 if a["stage"] == 1 else 1200, caption_max_length=128, buckets=(512, 1024, 1536, 2048),
                 procedural=dict(n=0, seed=0, image_size=336, refusals=0)))
   config.data.heldout_fraction = 0.002
   config.checkpoint.every = 500

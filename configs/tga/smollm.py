@@ -21,7 +21,7 @@ def get_config(arg: str = ""):
   return base_config(
       stage=a["stage"], seed=a["seed"], weight=a["weight"], layers=tuple(range(10, 19)), template="chat_template",
       lr=1e-3 if a["stage"] == 1 else 2e-5, batch_size=8, total_steps=a["steps"], mesh=a["mesh"], model=model,
-      data=dict(max_length=160, caption_max_length=48,
+      data=dict(max_length=160, caption_max_length=48, buckets=(96, 128, 160), caption_buckets=(32, 48),
                 procedural=dict(n=512, seed=a["seed"], image_size=64, refusals=64)))
 
 

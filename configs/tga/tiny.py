@@ -22,7 +22,7 @@ def get_config(arg: str = ""):
   return base_config(
       stage=a["stage"], seed=a["seed"], weight=a["weight"], layers=(1, 2, 3), template="vicuna_v1",
       lr=1e-3 if a["stage"] == 1 else 2e-4, batch_size=8, total_steps=a["steps"], mesh="cpu", model=model,
-      data=dict(max_length=96, caption_max_length=48,
+      data=dict(max_length=96, caption_max_length=48, buckets=(64, 96), caption_buckets=(32, 48),
                 procedural=dict(n=96, seed=a["seed"], image_size=32, refusals=8)))
 
 
