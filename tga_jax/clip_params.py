@@ -7,16 +7,14 @@ mis-shaped tensor is collected, so a bad checkpoint fails once with the whole li
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import re
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from tga_jax.clip import ClipConfig, ClipModel
-from tga_jax.llama_params import WeightsError, read_safetensors_folder
+from tga_jax.llama_params import Rule, WeightsError, read_safetensors_folder
 from tga_jax.siglip import vision_tower
 
 Tensors = Mapping[str, tuple[tuple, Callable[[], np.ndarray]]]
@@ -77,24 +75,7 @@ def vision_config_to_hf(cfg: ClipConfig, projection_dim: int | None = None) -> d
   return hf
 
 
-@dataclasses.dataclass(frozen=True)
-class Rule:
-  """One HF tensor name (with '{l}' for the layer) and where/how it lands in our tree."""
-  hf: str
-  path: tuple[str, ...]
-  hf_shape: Callable[[ClipConfig], tuple]
-  to_ours: Callable[[np.ndarray, ClipConfig], np.ndarray]
-  to_hf: Callable[[np.ndarray, ClipConfig], np.ndarray]
-
-  @property
-  def per_layer(self) -> bool:
-    return "{l}" in self.hf
-
-  @property
-  def regex(self) -> re.Pattern:
-    return re.compile(re.escape(self.hf).replace(r"\{l\}", r"(\d+)"))
-
-
+# Key-table rows are the LLM table's `Rule` (hf name with '{l}', our path, shapes, transforms).
 _same = lambda w, c: w  # noqa: E731
 _transpose = lambda w, c: w.T  # noqa: E731
 _D = lambda c: (c.hidden_size,)  # noqa: E731
