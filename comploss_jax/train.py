@@ -180,18 +180,6 @@ def fit(config, workdir, model, encoder_params, per_example, examples, dev, test
   return results
 
 
-def main(argv):
-  del argv
-  from absl import flags
-  results = train(flags.FLAGS.config, flags.FLAGS.workdir)
-  print(json.dumps(results, indent=2))
-
-
 if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/comploss/bbc.py (locked: a misspelt "
-                                  "--config.key fails).", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, best params, results.json.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  from trainkit import cli
+  cli.run(train, "configs/comploss/bbc.py:train_size=128,c=2")

@@ -11,7 +11,6 @@ once per example with the run's seed.
 """
 from __future__ import annotations
 
-import json
 
 import jax
 import numpy as np
@@ -104,17 +103,6 @@ def _offsets(tokenizer, record, max_length: int) -> np.ndarray:
                     np.int32)
 
 
-def main(argv):
-  del argv
-  from absl import flags
-  print(json.dumps(train(flags.FLAGS.config, flags.FLAGS.workdir), indent=2))
-
-
 if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "Config file: configs/comploss/squad.py or hotpot.py.",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, best params, results.json.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  from trainkit import cli
+  cli.run(train, "configs/comploss/squad.py:c=2")

@@ -30,3 +30,14 @@ def test_config_and_its_sweep(path):
   assert resolvable, f"{path}: mesh {dict(config.mesh)} fits neither 8 nor 32 devices"
   with pytest.raises(Exception):
     config.no_such_field = 1  # locked
+
+
+@pytest.mark.parametrize("module, config", [("tga_jax.train", "configs/tga/tiny.py:stage=1"),
+                                            ("comploss_jax.train", "configs/comploss/bbc.py")])
+def test_trainer_cli_rejects_a_misspelt_override(tmp_path, module, config):
+  import subprocess
+  import sys
+  result = subprocess.run([sys.executable, "-m", module, f"--config={config}", f"--workdir={tmp_path}",
+                           "--config.optimizer.learning_rat=1"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode != 0 and "learning_rat" in result.stderr

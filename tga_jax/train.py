@@ -229,17 +229,6 @@ def make_eval_fn(module, config, sources, parse, mesh):
   return eval_fn
 
 
-def main(argv):
-  del argv
-  from absl import flags
-  print(json.dumps(train(flags.FLAGS.config, flags.FLAGS.workdir), indent=2))
-
-
 if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/tga/tiny.py:stage=1 (locked: a "
-                                  "misspelt --config.key fails).", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, exported params, summary.json.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  from trainkit import cli
+  cli.run(train, "configs/tga/tiny.py:stage=1")
