@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs.tga import tiny
+from launch.sweep import apply_overrides
 from tga_jax import train as tga_train
 
 
@@ -19,13 +20,7 @@ def small(stage, workdir_data=None, **overrides):
   config.eval_every = 3
   config.eval_batches = 1
   config.data.procedural.n = 40
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return apply_overrides(config, overrides)
 
 
 def rows(workdir, split):

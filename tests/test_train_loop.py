@@ -9,6 +9,7 @@ import pytest
 import trainkit
 from configs.demo import digits as digits_config
 from launch import demo
+from launch.sweep import apply_overrides
 
 
 def small_config(**overrides):
@@ -20,13 +21,7 @@ def small_config(**overrides):
   config.eval_every = 0
   config.checkpoint.every = 5
   config.checkpoint.use_async = False
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return apply_overrides(config, overrides)
 
 
 def losses(workdir):
