@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 import trainkit
 from comploss_jax import datasets
@@ -28,6 +29,7 @@ from comploss_jax.heads import SequenceClassifier, classification_losses, with_e
 from comploss_jax.metrics import classification_metrics
 from comploss_jax.submodels import CmpSettings, make_loss_fn
 from comploss_jax.tasks import get_task
+from trainkit.distributed import process_0_first
 
 
 def load_splits(task, data_cfg) -> dict:
@@ -88,7 +90,8 @@ def train(config, workdir: str) -> dict:
   encoder, encoder_params = load_encoder(config.model)
   model = SequenceClassifier(encoder.config, task.num_labels)
 
-  splits = load_splits(task, config.data)
+  # Process 0 builds the tfds dataset first: hosts sharing tfds_dir must not write it concurrently.
+  splits = process_0_first(lambda: load_splits(task, config.data), "comploss data")
   train_records = records_of(splits[task.train_split])
   labels = np.asarray([r["label"] for r in train_records])
   keep = stratified_subset(labels, config.data.train_size or None, config.data.subset_seed) \
@@ -118,16 +121,35 @@ def train(config, workdir: str) -> dict:
 
 
 def predict_in_batches(predict, params, arrays: dict, size: int, keys=("input_ids", "attention_mask", "token_type_ids")):
-  """Runs a jitted predict over fixed-size chunks (the last one padded) and concatenates outputs."""
+  """Runs a jitted predict over fixed-size chunks (the last one padded) and concatenates outputs.
+
+  Each chunk is split over the batch axes of the params' mesh (so devices share the work instead of
+  each computing all of it) and the outputs are gathered to every host as numpy (works multi-host).
+  """
   outputs = []
   n = len(arrays[keys[0]])
+  place = _chunk_placer(params, size)
   for start in range(0, n, size):
     chunk = {k: arrays[k][start:start + size] for k in keys}
     pad = size - len(chunk[keys[0]])
-    chunk = {k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in chunk.items()}
-    out = jax.device_get(predict(params, chunk))
+    chunk = {k: place(np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1))) for k, v in chunk.items()}
+    out = multihost_utils.process_allgather(predict(params, chunk), tiled=True)
     outputs.append(jax.tree.map(lambda x: np.asarray(x)[: size - pad], out))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+
+
+def _chunk_placer(params, size: int):
+  """x (the same host array on every process) -> a global array split over the mesh's batch axes;
+  identity when the params live on no mesh or `size` does not divide over the batch shards."""
+  sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
+  if not isinstance(sharding, jax.sharding.NamedSharding):
+    return lambda x: x
+  batch = trainkit.batch_sharding(sharding.mesh)
+  axes = batch.spec[0] if isinstance(batch.spec[0], tuple) else (batch.spec[0],)
+  shards = int(np.prod([batch.mesh.shape[a] for a in axes if a is not None]))
+  if size % shards:
+    return lambda x: x
+  return lambda x: jax.make_array_from_callback(x.shape, batch, lambda index: x[index])
 
 
 def fit(config, workdir, model, encoder_params, per_example, examples, dev, test, evaluate, select, info) -> dict:

@@ -2,12 +2,20 @@
 
     python launch/sweep.py --config=configs/comploss/bbc.py:train_size=128 --workdir=runs/bbc_sweep
     python launch/sweep.py --config=configs/comploss/bbc.py --workdir=runs/x --print   # commands only
+    python launch/sweep.py --config=configs/tga/tiny.py:stage=2 --workdir=/shared/runs/s \
+        --submit="sbatch launch/slurm_gpu.sbatch"     # one job per run (add --print to only show them)
 
 Each grid point is a dict of dotted overrides (`{'seed': 1, 'cmp.n_drop': 2}`), plus an optional
 '_variant' label; runs go to `<workdir>/<variant>/seed=<s>` and are skipped when their
 results.json exists (rerunning finishes an interrupted sweep). Runs of one variant are grouped
 over seeds into mean +- std (sample std) in `<workdir>/results.md` and `results.json`.
-The trainer is `config.trainer` (a module with `train(config, workdir) -> results dict`).
+The trainer is `config.trainer` (a module with `train(config, workdir) -> results dict`); a local
+run's returned dict is saved as its results.json when the trainer writes none (the TGA trainer).
+`<workdir>/index.json` lists every run: variant, seed, overrides, workdir, command, status
+('done': results.json; 'trained': only the trainer's summary.json; 'pending') and its results; runs
+that are not pending are neither rerun nor resubmitted.
+With --submit, each run's `<trainer> --config=... --workdir=...` is appended to the given command
+(a launcher: launch/slurm_gpu.sbatch via sbatch, launch/local.py --, launch/tpu_pod.py run --) and run.
 """
 from __future__ import annotations
 
@@ -16,6 +24,8 @@ import importlib
 import importlib.util
 import json
 import os
+import shlex
+import subprocess
 import sys
 
 import numpy as np
@@ -58,6 +68,7 @@ def variant_of(overrides: dict) -> str:
 def summarize(rows: list[dict]) -> dict:
   """{variant: {'n': runs, '<split>/<metric>': [mean, std]}} over the rows' seeds."""
   table: dict = {}
+  rows = [r for r in rows if "dev" in r and "test" in r]  # e.g. TGA summaries have no dev/test scores
   for variant in dict.fromkeys(r["variant"] for r in rows):
     runs = [r for r in rows if r["variant"] == variant]
     entry = {"n": len(runs)}
@@ -70,6 +81,8 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def markdown(table: dict, title: str) -> str:
+  if not table:
+    return f"### {title}\n\n(no run has dev/test scores to tabulate; see index.json)\n"
   columns = [k for k in next(iter(table.values())) if k != "n"]
   lines = [f"### {title}", "", "| variant | runs | " + " | ".join(columns) + " |",
            "|---|---|" + "---|" * len(columns)]
@@ -79,11 +92,30 @@ def markdown(table: dict, title: str) -> str:
   return "\n".join(lines) + "\n\n(percent; mean ± sample std over seeds)\n"
 
 
+def trainer_args(trainer: str, config_arg: str, overrides: dict, run_dir: str) -> list[str]:
+  """[trainer module, --config=..., --config.<key>=<value>..., --workdir=...] (values as the flag parser
+  reads them: tuples as '(1, 2)')."""
+  flags = [f"--config.{k}={v}" for k, v in overrides.items() if not k.startswith("_")]
+  return [trainer, f"--config={config_arg}", *flags, f"--workdir={run_dir}"]
+
+
+def run_status(run_dir: str) -> tuple[str, dict | None]:
+  for name, status in (("results.json", "done"), ("summary.json", "trained")):
+    path = os.path.join(run_dir, name)
+    if os.path.exists(path):
+      with open(path) as f:
+        return status, json.load(f)
+  return "pending", None
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="path[:arg] of a config file with get_config and sweep")
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--print", dest="print_only", action="store_true", help="print one command per run")
+  parser.add_argument("--submit", default="", metavar="COMMAND",
+                      help="launcher command to prefix each run's trainer command with, and run (e.g. 'sbatch "
+                           "launch/slurm_gpu.sbatch'); with --print, only print the full commands")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="extra override for every run (value parsed as JSON, else a string)")
   args = parser.parse_args(argv)
@@ -97,25 +129,42 @@ def main(argv=None):
     except json.JSONDecodeError:
       extra[key] = value
 
-  rows = []
+  rows, index = [], []
   grid = module.sweep(arg) if module.sweep.__code__.co_argcount else module.sweep()
   for overrides in grid:
     overrides = {**overrides, **extra}
     variant = variant_of(overrides)
     run_dir = os.path.join(args.workdir, variant.replace("/", "_"), f"seed={overrides.get('seed', 0)}")
     config = apply_overrides(module.get_config(arg), overrides)
+    run_args = trainer_args(config.trainer, args.config, overrides, run_dir)
+    command = shlex.split(args.submit) + run_args if args.submit else ["python", "-m", *run_args]
     if args.print_only:
-      flags = " ".join(f"--config.{k}={v}" for k, v in overrides.items() if not k.startswith("_"))
-      print(f"python -m {config.trainer} --config={args.config} {flags} --workdir={run_dir}")
+      print(shlex.join(command))
       continue
-    results_path = os.path.join(run_dir, "results.json")
-    if not os.path.exists(results_path):
+    status, result = run_status(run_dir)
+    if status == "pending" and args.submit:
+      print(f"== submit {variant} seed={overrides.get('seed', 0)}: {shlex.join(command)}", flush=True)
+      subprocess.run(command, check=True)
+    elif status == "pending":
       print(f"== {variant} seed={overrides.get('seed', 0)} -> {run_dir}", flush=True)
-      importlib.import_module(config.trainer).train(config, run_dir)
-    with open(results_path) as f:
-      rows.append({"variant": variant, **json.load(f)})
+      result = importlib.import_module(config.trainer).train(config, run_dir)
+      results_path = os.path.join(run_dir, "results.json")
+      if not os.path.exists(results_path):  # the trainer writes none: keep what it returned
+        with open(results_path, "w") as f:
+          json.dump(result, f, indent=2)
+      status, result = run_status(run_dir)
+    index.append({"variant": variant, "seed": overrides.get("seed", 0), "overrides": overrides, "workdir": run_dir,
+                  "command": shlex.join(command), "status": status, "results": result})
+    if status == "done":
+      rows.append({"variant": variant, **result})
   if args.print_only:
     return None
+  os.makedirs(args.workdir, exist_ok=True)
+  with open(os.path.join(args.workdir, "index.json"), "w") as f:
+    json.dump(index, f, indent=2, default=str)
+  if args.submit:
+    print(f"submitted; rerun without --submit after the jobs finish to collect results (index: "
+          f"{os.path.join(args.workdir, 'index.json')})")
   table = summarize(rows)
   text = markdown(table, f"{args.config} ({len(rows)} runs)")
   os.makedirs(args.workdir, exist_ok=True)

@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 import trainkit
+from trainkit.distributed import process_0_first
 from tga_jax import llava_data, procedural
 from tga_jax.clip import ClipConfig
 from tga_jax.guidance import guidance_loss, guidance_weight
@@ -133,12 +134,16 @@ def train(config, workdir: str) -> dict:
                                 caption_max_length=config.data.caption_max_length, max_images=1,
                                 use_retrieved=config.stage == 2 and config.data.use_retrieved,
                                 caption_template=config.data.caption_template)
-  json_path = prepare_data(config, workdir)
-  builder = llava_data.LlavaJson(json_path=json_path, image_dir=config.data.image_dir or None,
-                                 heldout_fraction=config.data.heldout_fraction,
-                                 data_dir=config.data.tfds_dir or os.path.join(workdir, "tfds"),
-                                 file_format=llava_data.FILE_FORMAT)
-  sources = llava_data.prepared(builder)
+
+  def prepare():
+    json_path = prepare_data(config, workdir)
+    builder = llava_data.LlavaJson(json_path=json_path, image_dir=config.data.image_dir or None,
+                                   heldout_fraction=config.data.heldout_fraction,
+                                   data_dir=config.data.tfds_dir or os.path.join(workdir, "tfds"),
+                                   file_format=llava_data.FILE_FORMAT)
+    return llava_data.prepared(builder)
+
+  sources = process_0_first(prepare, "tga data")  # the workdir is shared between hosts: one writer
   parse = llava_data.make_parse(tokenizer, lvlm_cfg, spec)
   skipped = trainkit.SkipCounter()
   buckets = tuple(config.data.get("buckets", ()))

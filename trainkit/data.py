@@ -72,7 +72,7 @@ def make_train_iterator(
   if global_batch_size % hosts:
     raise ValueError(f"global batch size {global_batch_size} is not divisible by {hosts} processes")
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
-  ds = ds[jax.process_index()::hosts]
+  ds = host_blocks(ds, global_batch_size // hosts, jax.process_index(), hosts)
   if parse is not None:
     counter = skip_counter if skip_counter is not None else SkipCounter()
     ds = ds.map(skipping(parse, counter)).filter(lambda x: x is not None)
@@ -81,6 +81,25 @@ def make_train_iterator(
   if batch_transform is not None:
     ds = ds.map(batch_transform)
   return iter(ds)
+
+
+def host_blocks(ds: grain.MapDataset, block: int, host: int, hosts: int) -> grain.MapDataset:
+  """Host `host`'s records: block k of this host is records [(k * hosts + host) * block, ... + block).
+
+  So each global batch is the same consecutive records as on one process, and host h's part is its
+  h-th contiguous slice -- the rows `make_array_from_process_local_data` gives to its devices. Batches
+  (and per-row randomness such as dropout masks) are then identical to a single-process run.
+  """
+  if hosts == 1:
+    return ds
+  parent = ds
+  length = len(parent) // (block * hosts) * block
+
+  def record(index: int):
+    k, offset = divmod(index, block)
+    return parent[(k * hosts + host) * block + offset]
+
+  return grain.MapDataset.range(length).map(record)
 
 
 def to_global(local_batch, sharding: jax.sharding.NamedSharding):
