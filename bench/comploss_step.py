@@ -1,6 +1,6 @@
 """Benchmark: one training step of MiniLM-L6 + classifier with the comparative loss (not a test).
 
-    python bench/comploss_step.py [--batch 16 --length 128 --max-c 4 --repeats 5]
+    python bench/comploss_step.py [--batch 16 --length 128 --max-c 4 --repeats 5] [--synthetic]
 
 For c = 0 (plain step) and c = 1..max_c dropout submodels it prints the step time and XLA's peak
 memory of: our vmapped chain (one jitted step), our sequential chain (a Python loop of passes in
@@ -8,7 +8,9 @@ the same jitted step, the reference's order of work) and the reference stack (tr
 2 threads: sequential passes with dropout rates raised per submodel and the RNG replayed, as the
 paper's code does). Ratios are to our plain step. Inputs: real BBC News articles tokenized to
 `--length` tokens. GFLOP counts the encoder's matmuls (forward + backward = 3x forward) of all c+1
-passes; MFU divides by the f32 matmul peak measured in the same run.
+passes; MFU divides by the f32 matmul peak measured in the same run. --synthetic: random weights of
+MiniLM-L6's architecture and random token ids (no model or corpus package needed; speed does not
+depend on them). On a GPU, torch runs on CUDA (TF32 matmuls allowed, as XLA's default there).
 """
 from __future__ import annotations
 
@@ -31,6 +33,21 @@ from bench.common import compiled_peak_bytes, encoder_forward_flops, matmul_peak
 from comploss_jax.encoder_params import resolve_model_dir  # noqa: E402
 
 NUM_LABELS = 5
+# all-MiniLM-L6-v2's architecture, for --synthetic runs.
+MINILM_L6 = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                 intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2)
+
+
+def synthetic_batch(batch: int, length: int):
+  rng = np.random.RandomState(0)
+  ids = rng.randint(1000, MINILM_L6["vocab_size"], (batch, length)).astype(np.int32)
+  inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+  return inputs, np.arange(batch, dtype=np.int32) % NUM_LABELS
+
+
+def torch_device() -> str:
+  import torch
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
 def bbc_batch(tokenizer, batch: int, length: int):
@@ -76,18 +93,23 @@ def jax_step(c: int, vmap: bool, batch, labels, encoder_params, cfg):
 
 
 def torch_step(c: int, batch, labels, model_dir):
+  """model_dir None: a random BertModel of MiniLM-L6's architecture."""
   import torch
   import transformers
   torch.set_num_threads(2)
+  torch.backends.cuda.matmul.allow_tf32 = True
   torch.manual_seed(0)
-  encoder = transformers.AutoModel.from_pretrained(model_dir)
-  head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(encoder.config.hidden_size, NUM_LABELS))
+  device = torch_device()
+  encoder = (transformers.AutoModel.from_pretrained(model_dir) if model_dir
+             else transformers.BertModel(transformers.BertConfig(**MINILM_L6))).to(device)
+  head = torch.nn.Sequential(torch.nn.Dropout(0.1),
+                             torch.nn.Linear(encoder.config.hidden_size, NUM_LABELS)).to(device)
   dropouts = [m for m in list(encoder.modules()) + list(head.modules()) if isinstance(m, torch.nn.Dropout)]
   base_p = [m.p for m in dropouts]
   params = list(encoder.parameters()) + list(head.parameters())
   optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01)
-  inputs = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
-  target = torch.tensor(labels, dtype=torch.long)
+  inputs = {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in batch.items()}
+  target = torch.tensor(labels, dtype=torch.long, device=device)
   encoder.train()
   head.train()
   # The reference uses eager attention (its functional dropout rate follows config.attention_probs_dropout_prob).
@@ -115,6 +137,8 @@ def torch_step(c: int, batch, labels, model_dir):
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
+    if device == "cuda":
+      torch.cuda.synchronize()
 
   return run
 
@@ -126,16 +150,25 @@ def main():
   parser.add_argument("--max-c", type=int, default=4)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--no-torch", action="store_true", help="skip the transformers+torch reference")
+  parser.add_argument("--synthetic", action="store_true", help="random MiniLM-L6 weights and token ids")
   args = parser.parse_args()
 
-  import transformers
-  model_dir = resolve_model_dir("all-minilm-l6-v2")
-  batch, labels = bbc_batch(transformers.AutoTokenizer.from_pretrained(model_dir), args.batch, args.length)
-  _, encoder_params = comploss_jax.load_encoder("all-minilm-l6-v2")
-  cfg = comploss_jax.load_encoder("all-minilm-l6-v2")[0].config
+  if args.synthetic:
+    model_dir = None
+    batch, labels = synthetic_batch(args.batch, args.length)
+    cfg = comploss_jax.EncoderConfig(model_type="bert", hidden_act="gelu", hidden_dropout_prob=0.1,
+                                     attention_probs_dropout_prob=0.1, layer_norm_eps=1e-12, **MINILM_L6)
+    encoder_params = {}  # the classifier's own random init
+  else:
+    import transformers
+    model_dir = resolve_model_dir("all-minilm-l6-v2")
+    batch, labels = bbc_batch(transformers.AutoTokenizer.from_pretrained(model_dir), args.batch, args.length)
+    encoder_module, encoder_params = comploss_jax.load_encoder("all-minilm-l6-v2")
+    cfg = encoder_module.config
   peak = matmul_peak_flops()
+  source = "random weights and tokens" if args.synthetic else "BBC News"
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; measured f32 matmul peak "
-        f"{peak / 1e9:.0f} GFLOP/s; MiniLM-L6 + classifier, batch {args.batch} x {args.length} tokens (BBC News)")
+        f"{peak / 1e9:.0f} GFLOP/s; MiniLM-L6 + classifier, batch {args.batch} x {args.length} tokens ({source})")
   header = (f"{'c':>2} {'variant':<12} {'step s':>8} {'x plain':>8} {'<=(c+1)?':>9} {'peak MiB':>9} "
             f"{'GFLOP':>7} {'MFU':>6}")
   print(header)

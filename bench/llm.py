@@ -1,6 +1,10 @@
 """SmolLM2-135M-Instruct, float32, this machine: ours (JAX) vs transformers + torch, in one run.
 
-    python bench/llm.py [--steps 3] [--decode-tokens 64] [--remat-policy none]
+    python bench/llm.py [--steps 3] [--decode-tokens 64] [--remat-policy none] [--synthetic]
+
+--synthetic uses random weights of the same architecture (no model package needed: the speed does not
+depend on the weights). On a GPU, torch runs on CUDA with TF32 matmuls allowed, as XLA's default f32
+precision does there.
 
 Measures the f32 matmul peak (2048x2048), then for both stacks: the train step (4x128 tokens, AdamW),
 the forward pass (4x256 tokens) and greedy decoding at batch 1 and 8 (decode-only tokens/s: the time of
@@ -20,6 +24,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
@@ -31,6 +36,23 @@ import trainkit  # noqa: E402
 from tga_jax.llama import LlamaForCausalLM  # noqa: E402
 
 NAME = "smollm2-135m-instruct"
+# SmolLM2-135M's architecture, for --synthetic (random weights) runs where the GGUF package is absent.
+SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
+                    num_kv_heads=3, head_dim=64, rms_norm_eps=1e-5, rope_theta=100000.0,
+                    max_position_embeddings=8192, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+                    pad_token_id=2)
+
+
+def torch_device() -> str:
+  """'cuda' when JAX runs on a GPU and torch sees one (then both stacks share the card), else 'cpu'."""
+  import torch
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def torch_sync():
+  import torch
+  if torch.cuda.is_available() and torch.cuda.is_initialized():
+    torch.cuda.synchronize()
 
 
 def best_time(fn, repeats: int) -> float:
@@ -131,51 +153,65 @@ def ours_decode(module, params, batch, prompt_length, new_tokens):
 
 # ---------------------------------------------------------------- transformers + torch
 
-def torch_model():
+def torch_model(synthetic: bool):
   import torch
   import transformers
-  from tga_jax.models import resolve_model_path
-  path = resolve_model_path(NAME)
-  model = transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+  if synthetic:
+    c = SMOLLM2_135M
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
+        num_hidden_layers=c["num_layers"], num_attention_heads=c["num_heads"],
+        num_key_value_heads=c["num_kv_heads"], rms_norm_eps=c["rms_norm_eps"], rope_theta=c["rope_theta"],
+        max_position_embeddings=c["max_position_embeddings"], tie_word_embeddings=True))
+  else:
+    from tga_jax.models import resolve_model_path
+    path = resolve_model_path(NAME)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
   model.generation_config.eos_token_id = None
-  return model
+  return model.to(torch_device())
 
 
 def torch_train_step(model, batch, length):
   import torch
   model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
-  ids = torch.tensor(np.random.RandomState(0).randint(0, model.config.vocab_size, (batch, length + 1)))
+  ids = torch.tensor(np.random.RandomState(0).randint(0, model.config.vocab_size, (batch, length + 1)),
+                     device=model.device)
 
   def run():
     loss = model(input_ids=ids[:, :-1], labels=ids[:, :-1]).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
+    torch_sync()
   return run
 
 
 def torch_forward(model, batch, length):
   import torch
   model.eval()
-  ids = torch.tensor(np.random.RandomState(1).randint(0, model.config.vocab_size, (batch, length)))
+  ids = torch.tensor(np.random.RandomState(1).randint(0, model.config.vocab_size, (batch, length)),
+                     device=model.device)
 
   def run():
     with torch.inference_mode():
       model(input_ids=ids)
+    torch_sync()
   return run
 
 
 def torch_decode(model, batch, prompt_length):
   import torch
   model.eval()
-  ids = torch.tensor(np.random.RandomState(2).randint(3, model.config.vocab_size, (batch, prompt_length)))
+  ids = torch.tensor(np.random.RandomState(2).randint(3, model.config.vocab_size, (batch, prompt_length)),
+                     device=model.device)
 
   def run(n):
     with torch.inference_mode():
       model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
                      do_sample=False, pad_token_id=0)
+    torch_sync()
   return run
 
 
@@ -185,16 +221,23 @@ def main():
   parser.add_argument("--decode-tokens", type=int, default=64)
   parser.add_argument("--remat-policy", default="none", help="ours: LlamaConfig.remat_policy for training")
   parser.add_argument("--skip-torch", action="store_true")
+  parser.add_argument("--synthetic", action="store_true", help="random weights of SmolLM2-135M's architecture")
   args = parser.parse_args()
 
   import torch
   torch.set_num_threads(2)
+  torch.backends.cuda.matmul.allow_tf32 = True  # XLA's default f32 dot precision on GPUs is TF32 too
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{jax.device_count()}, torch {torch.__version__} "
         f"with {torch.get_num_threads()} threads, {os.cpu_count()} cores")
   peak = matmul_peak()
   print(f"measured peak: {peak:.1f} GFLOP/s (2048x2048 float32 matmul, jax)")
 
-  module, host_params = tga_jax.load_llm(NAME)
+  if args.synthetic:
+    module = LlamaForCausalLM(tga_jax.LlamaConfig(**SMOLLM2_135M))
+    boxed = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    host_params = jax.tree.map(np.asarray, nn.meta.unbox(boxed))
+  else:
+    module, host_params = tga_jax.load_llm(NAME)
   params = jax.device_put(host_params)
   config = module.config
   results = {}
@@ -208,7 +251,7 @@ def main():
           f"torch {torch_mfu}", flush=True)
     results[name] = (ours_rate, torch_rate)
 
-  reference = None if args.skip_torch else torch_model()
+  reference = None if args.skip_torch else torch_model(args.synthetic)
   print(f"\n{'':28s} {'ours':>9s} {'torch':>9s} {'unit':9s} ratio")
 
   def rates(ours_fn, theirs_fn, units):
