@@ -64,7 +64,12 @@ def test_sigterm_and_sigkill_at_random_steps_resume_to_the_same_params(tmp_path)
   assert sorted(a.files) == sorted(b.files)
   for name in a.files:
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-  # Every step trained on the same batch as the straight run (none lost, none shifted or repeated).
-  assert trained_batches(interrupted) == trained_batches(straight)
+  # Every step trained on the same batch as the straight run (none lost, none shifted or repeated);
+  # steps redone after a SIGKILL drew their own batch again, not the next one.
+  expected = trained_batches(straight)
+  assert trained_batches(interrupted) == expected
+  drawn = [json.loads(line) for line in open(interrupted / "batches.jsonl")]
+  assert len(drawn) > TOTAL_STEPS  # the SIGKILLs cost redone steps
+  assert all((r["y0"], r["x_sum"]) == expected[r["step"]] for r in drawn)
   assert sorted(trained_batches(straight)) == list(range(1, TOTAL_STEPS + 1))
   assert last_losses(interrupted) == last_losses(straight)
