@@ -323,3 +323,36 @@ def load_clip(folder: str, **overrides) -> tuple[ClipModel, dict]:
   if problems:
     raise WeightsError(f"{folder}: {len(problems)} tensor(s) do not fit the CLIP model:\n  " + "\n  ".join(problems))
   return ClipModel(vcfg, tcfg, projection_dim), params
+
+
+def save_clip_vision(folder: str, cfg: ClipConfig, params, projection=None, processor=None) -> str:
+  """Writes a CLIPVisionModel(WithProjection)-style folder: config.json + model.safetensors (+
+  preprocessor_config.json when `processor`, an ImageProcessingConfig, is given); returns the folder.
+
+  Args:
+    params: the tower's tree (as `load_clip_vision` returns it).
+    projection: None, or float[D, P]: CLIP's visual_projection kernel (no bias), saved in torch layout
+      [P, D] as `visual_projection.weight`; `load_visual_projection` reads it back.
+  """
+  from safetensors.numpy import save_file
+  os.makedirs(folder, exist_ok=True)
+  tensors = tower_to_hf(params, vision_rules(cfg), cfg, prefix="vision_model.")
+  hf = vision_config_to_hf(cfg, projection_dim=None if projection is None else int(np.shape(projection)[1]))
+  hf["architectures"] = ["CLIPVisionModelWithProjection" if projection is not None else "CLIPVisionModel"]
+  if projection is not None:
+    tensors["visual_projection.weight"] = np.ascontiguousarray(np.asarray(projection, np.float32).T)
+  save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+  with open(os.path.join(folder, "config.json"), "w") as f:
+    json.dump(hf, f, indent=1)
+  if processor is not None:
+    with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
+      json.dump(processor.to_hf(), f, indent=1)
+  return folder
+
+
+def load_visual_projection(folder: str) -> np.ndarray:
+  """float32[D, P]: the `visual_projection.weight` of a CLIPVisionModelWithProjection / CLIPModel folder."""
+  tensors = read_safetensors_folder(folder)
+  if "visual_projection.weight" not in tensors:
+    raise WeightsError(f"{folder}: no visual_projection.weight (a CLIPVisionModel without projection?)")
+  return np.asarray(tensors["visual_projection.weight"][1](), np.float32).T

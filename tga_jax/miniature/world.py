@@ -113,7 +113,7 @@ def _clutter(d: ImageDraw.ImageDraw, kind: str, rng: np.random.Generator, size: 
   elif kind == "shapes":
     for _ in range(int(rng.integers(2, 5))):
       x, y = (float(v) for v in rng.uniform(0, size, 2))
-      s = float(rng.uniform(1.5, 0.06 * size))
+      s = float(rng.uniform(min(1.5, 0.05 * size), max(1.5, 0.06 * size)))  # 1.5..3.8 px at 64
       shape = int(rng.integers(3))
       if shape == 0:
         d.ellipse([x - s, y - s, x + s, y + s], fill=pick())
@@ -149,9 +149,12 @@ def render(concept_id: str, rng: np.random.Generator, split: str = "train", imag
   image = Image.fromarray(_background(background, bg_colours, rng, size))
   d = ImageDraw.Draw(image)
   _clutter(d, clutter, rng, size, obj_colours + bg_colours)
-  radius = float(rng.uniform(0.22, 0.36))
+  # Large enough that fine parts (clock hands, a balloon's string) span several 8 px patches; the centre
+  # moves by up to a quarter of the image, never pushing the object off it.
+  radius = float(rng.uniform(0.26, 0.40))
   r = radius * size
-  cx, cy = (float(v) for v in rng.uniform(r, size - r, 2))
+  lo, hi = max(r, 0.25 * size), min(size - r, 0.75 * size)
+  cx, cy = (float(v) for v in rng.uniform(lo, hi, 2))
   colour = obj_colours[int(rng.integers(len(obj_colours)))]
   DRAWERS[concept_id](d, cx, cy, r, colour)
   templates = TRAIN_TEMPLATES if split == "train" else HELDOUT_TEMPLATES
