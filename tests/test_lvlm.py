@@ -5,6 +5,7 @@ hidden states must match within 1e-4 in float32 on the real positions. Also: bot
 export back to a llava-hf folder that transformers loads, a composition of separate CLIP / LLM folders +
 a projector file, stage masks with trainkit, errors naming the sample, and a forward under a mesh.
 """
+import dataclasses
 import json
 import os
 
@@ -18,6 +19,8 @@ import tga_jax
 import trainkit
 from tga_jax import lvlm_params
 from tga_jax.llama_params import WeightsError
+from tga_jax.projector import Projector
+from tga_jax.siglip import vision_tower
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -179,6 +182,26 @@ def test_composition_of_clip_llm_and_projector_equals_the_llava_model(reference,
   ids = np.where(ids == IMAGE_ID, -200, ids)
   logits, _ = _forward(fresh, fresh_params, ids, mask, pixels)
   assert np.all(np.isfinite(np.asarray(logits)))
+
+
+def test_image_pool_averages_patch_blocks_into_fewer_image_tokens(reference):
+  _, folder = reference
+  module, params = tga_jax.load_lvlm(folder)
+  pooled = tga_jax.LlavaLVLM(dataclasses.replace(module.config, image_pool=2))
+  assert pooled.config.tokens_per_image == 4  # a 4x4 patch grid pooled 2x2
+  ids, mask, pixels, _ = _batch(4)
+  _, aux = _forward(pooled, params, ids, mask, pixels)
+  # The projector is applied per token, so pooling before it equals projecting the block means.
+  vision = module.config.vision
+  _, vision_aux = vision_tower(vision).apply({"params": params["vision"]}, pixels[0, :1])
+  grid = np.asarray(vision_aux["features"]).reshape(4, 4, -1)
+  blocks = grid.reshape(2, 2, 2, 2, -1).mean(axis=(1, 3)).reshape(4, -1)
+  expected, _ = Projector(module.config.projector).apply({"params": params["projector"]}, blocks)
+  np.testing.assert_allclose(np.asarray(aux["image_features"])[0, :4], np.asarray(expected), atol=1e-5)
+  with pytest.raises(ValueError, match="image_pool=3"):
+    dataclasses.replace(module.config, image_pool=3)
+  with pytest.raises(ValueError, match="no patch pooling"):
+    lvlm_params.config_to_hf(pooled.config)
 
 
 def test_stage_masks_freeze_the_vision_tower(reference):

@@ -33,17 +33,36 @@ LLAVA_IMAGE_TOKEN_INDEX = -200
 class LvlmConfig:
   """vision: the CLIP tower (feature_layer / feature_strategy select LLaVA's features).
   train_vision: False (LLaVA) stops gradients at the vision features, so a frozen tower costs no backward.
-  image_processing: how the data pipeline turns images into pixel_values for this model."""
+  image_processing: how the data pipeline turns images into pixel_values for this model.
+  image_pool: average-pools the square patch grid by this factor per side before the projector
+    (1 = LLaVA; 2 turns 8x8 patches into 4x4 tokens: a 4x shorter image span for small CPU runs)."""
   vision: ClipConfig
   projector: ProjectorConfig
   llm: LlamaConfig
   image_token_id: int = LLAVA_IMAGE_TOKEN_INDEX
   train_vision: bool = False
   image_processing: ImageProcessingConfig = ImageProcessingConfig()
+  image_pool: int = 1
+
+  def __post_init__(self):
+    if self.image_pool != 1:
+      side = int(round(self.vision.num_features ** 0.5))
+      if self.image_pool < 1 or side * side != self.vision.num_features or side % self.image_pool:
+        raise ValueError(f"image_pool={self.image_pool}: needs a square patch grid whose side divides by it; "
+                         f"the vision tower gives {self.vision.num_features} features")
 
   @property
   def tokens_per_image(self) -> int:
-    return self.vision.num_features
+    return self.vision.num_features // self.image_pool ** 2
+
+
+def pool_patches(features: jax.Array, pool: int) -> jax.Array:
+  """float[N, g*g, D] (a row-major square patch grid) -> float[N, (g/pool)^2, D]: mean of each
+  pool x pool block."""
+  n, count, dim = features.shape
+  side = int(round(count ** 0.5))
+  grid = features.reshape(n, side // pool, pool, side // pool, pool, dim)
+  return grid.mean(axis=(2, 4)).reshape(n, (side // pool) ** 2, dim)
 
 
 def _concrete(x) -> bool:
@@ -137,8 +156,10 @@ class LlavaLVLM(nn.Module):
       selected = vision_aux["features"]
       if not cfg.train_vision:
         selected = jax.lax.stop_gradient(selected)
+      if cfg.image_pool > 1:
+        selected = pool_patches(selected, cfg.image_pool)
       features, _ = Projector(cfg.projector, name="projector")(selected)
-      features = features.reshape(batch, slots * vis.num_features, -1)
+      features = features.reshape(batch, slots * cfg.tokens_per_image, -1)
     elif self.is_initializing():
       # Create the vision and projector params even when init sees a text-only batch.
       size = vis.image_size

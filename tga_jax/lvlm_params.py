@@ -71,10 +71,10 @@ def _read_json(path: str) -> dict:
 def _runtime(overrides: dict) -> tuple[dict, dict]:
   """Splits overrides into the tower/LLM run-time fields and the LVLM-level ones."""
   unknown = set(overrides) - set(RUNTIME_FIELDS) - {"train_vision", "feature_layer", "feature_strategy",
-                                                    "image_aspect", "scan_unroll"}
+                                                    "image_aspect", "scan_unroll", "image_pool"}
   if unknown:
     raise TypeError(f"unknown overrides {sorted(unknown)}; expected some of {RUNTIME_FIELDS} or train_vision, "
-                    f"feature_layer, feature_strategy, image_aspect, scan_unroll")
+                    f"feature_layer, feature_strategy, image_aspect, scan_unroll, image_pool")
   return {k: v for k, v in overrides.items() if k in RUNTIME_FIELDS}, overrides
 
 
@@ -294,7 +294,7 @@ def compose_lvlm(vision: str, llm: str, projector: str | None = None, projector_
     projector_params = jax.tree.map(np.asarray, nn.meta.unbox(initial))
   processing = ImageProcessingConfig.from_folder(vision, overrides.get("image_aspect", "pad"), vcfg.image_size)
   config = LvlmConfig(vcfg, pcfg, llm_module.config, int(image_token_id), bool(overrides.get("train_vision", False)),
-                      processing)
+                      processing, int(overrides.get("image_pool", 1)))
   return LlavaLVLM(config), {"vision": vision_params, "projector": projector_params, "llm": llm_params}
 
 
@@ -322,6 +322,9 @@ def _load_composition(spec_path: str, overrides: dict) -> tuple[LlavaLVLM, dict]
 
 def config_to_hf(config: LvlmConfig) -> dict:
   """A llava-hf config.json dict (transformers' LlavaConfig)."""
+  if config.image_pool != 1:
+    raise ValueError(f"image_pool={config.image_pool}: llava-hf has no patch pooling; save the parts "
+                     f"(save_projector) and compose them with image_pool instead")
   if config.projector.kind != "mlp2x_gelu":
     raise ValueError(f"llava-hf has only the mlp2x_gelu projector; this model's is {config.projector.kind!r} "
                      f"(save it with save_projector instead)")
