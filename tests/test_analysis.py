@@ -127,9 +127,17 @@ def test_analysis_cli_on_tiny_checkpoints_writes_json_and_plots(tmp_path):
   base = save_random_workdir(str(tmp_path / "base"), seed=0)
   tga = save_random_workdir(str(tmp_path / "tga"), seed=1)
   out = str(tmp_path / "analysis")
+  from tga_jax import procedural
+  benign_scenes = [s for s in procedural.SCENES if not s.toxic]
+  benign = procedural.write_llava_dataset(str(tmp_path / "benign"), procedural.make_records(
+      6, seed=4, image_size=32, scenes=benign_scenes), stage=2)
   analyze.main([f"--model=baseline={base}", f"--compare=tga={tga}", "--data=procedural:n=7,seed=3",
-                f"--out={out}", "--refusal-phrases=Sorry,I,cannot", "--batch-size=8"])
+                f"--out={out}", "--refusal-phrases=Sorry,I,cannot", "--batch-size=8", f"--benign-data={benign}"])
   report = json.load(open(os.path.join(out, "analysis.json")))
+  assert report["num_benign_pairs"] == 6
+  for r in report["models"].values():
+    for run in ("text", "image"):
+      assert len(r["probe"][run]["accuracy"]) == 5 and -1 <= r["probe"][run]["first_layer"] <= 4
   assert report["num_pairs"] == 7 and set(report["models"]) == {"baseline", "tga"}
   for r in report["models"].values():
     assert r["num_samples"] == 7 and r["num_layers"] == 4
@@ -144,9 +152,22 @@ def test_analysis_cli_on_tiny_checkpoints_writes_json_and_plots(tmp_path):
       assert r["end_layer"][run]["found"] == sum(v >= 0 for v in r["end_layer"][run]["per_sample"])
     assert r["refusal_ids"] and len(r["refusal_tokens"]) == len(r["refusal_ids"])
   assert report["models"]["baseline"]["cosine"] != report["models"]["tga"]["cosine"]
-  for name in analyze.PLOTS:
+  for name in analyze.PLOTS + ("probe.png",):
     path = os.path.join(out, name)
     assert path in report["plots"] and open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_linear_probe_finds_the_first_separable_layer():
+  rng = np.random.default_rng(0)
+  labels = np.r_[np.ones(20, int), np.zeros(20, int)]
+  noise = rng.normal(size=(3, 40, 8)).astype(np.float32)
+  states = noise.copy()
+  states[2, :, 0] += 4.0 * (2 * labels - 1)  # only layer 2 carries the label
+  accuracy = analysis.probe_accuracies(states, labels)
+  assert accuracy[2] == 1.0 and max(accuracy[:2]) < 0.8
+  assert analysis.first_layer_at(accuracy, 0.9) == 2 and analysis.first_layer_at(accuracy[:2], 0.9) == -1
+  with pytest.raises(ValueError, match="2 samples of each class"):
+    analysis.probe_accuracies(states[:, :21], labels[:21] * 0 + np.r_[np.ones(20, int), 0])
 
 
 def test_analysis_cli_errors_name_the_problem(tmp_path):

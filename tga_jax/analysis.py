@@ -10,6 +10,9 @@ real position through the final norm and the LM head, p_l = softmax(logits_l), D
   activation layer (Algorithm 1): the first l >= 2 whose argmax of D_l is a refusal id, 1 if none;
     the reference code's variant asks for a refusal id among the top 5 of D_l (top_k=5).
   end layer: the last l at which a refusal id is the top-1 of p_l, -1 if none.
+  probe layer: the first l at which a linear probe on the last position's state separates toxic
+    from benign inputs (cross-validated accuracy >= a threshold): where the harm is decodable,
+    which can be many layers before the logit lens shows any refusal token.
 """
 from __future__ import annotations
 
@@ -116,7 +119,8 @@ def forward_stats(params, input_ids, attention_mask, pixel_values, span_mask, *,
     span_mask: bool[B, T], the text span (image tokens in the image run, the caption in the text run).
   Returns:
     'activation/top<k>' int32[B] per k in top_ks, 'end' int32[B], 'refusal_prob' float32[L+1, B],
-    'span_means' float32[L+1, B, D], 'attention' float32[L, B] (last position -> span, heads summed).
+    'span_means' float32[L+1, B, D], 'attention' float32[L, B] (last position -> span, heads summed),
+    'last_states' float32[L+1, B, D] (the last real position's hidden states, for the linear probe).
   """
   module = LlavaLVLM(config)
   _, aux = module.apply({"params": params}, input_ids, pixel_values, attention_mask, output_hidden_states=True,
@@ -131,7 +135,33 @@ def forward_stats(params, input_ids, attention_mask, pixel_values, span_mask, *,
   out["refusal_prob"] = layers["refusal_prob"].T
   out["span_means"] = aux["segment_means"]["span"]
   out["attention"] = span_attention(aux["last_attention"], span_mask)
+  out["last_states"] = last
   return out
+
+
+def probe_accuracies(states: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> list[float]:
+  """float[L+1, N, D] last-position states, int[N] labels (1 = toxic) -> per-layer accuracy of a
+  logistic-regression probe, cross-validated over `folds` stratified folds (each layer on its own,
+  features standardised within the training folds)."""
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.model_selection import StratifiedKFold, cross_val_score
+  from sklearn.pipeline import make_pipeline
+  from sklearn.preprocessing import StandardScaler
+  labels = np.asarray(labels).astype(int)
+  folds = min(folds, int(np.bincount(labels).min()))
+  if folds < 2:
+    raise ValueError(f"the probe needs >= 2 samples of each class; got counts {np.bincount(labels).tolist()}")
+  splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+  accuracies = []
+  for layer in np.asarray(states, np.float32):
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+    accuracies.append(float(cross_val_score(probe, layer, labels, cv=splitter).mean()))
+  return accuracies
+
+
+def first_layer_at(accuracies, threshold: float) -> int:
+  """The first layer whose probe accuracy reaches threshold; -1 if none does."""
+  return next((l for l, a in enumerate(accuracies) if a >= threshold), -1)
 
 
 def summarise(image: dict, text: dict, top_ks=(1, 5)) -> dict:

@@ -27,25 +27,41 @@ from tga_jax import analysis, eval_inputs
 PLOTS = ("cosine.png", "attention.png", "refusal_prob.png", "activation_layers.png")
 
 
-def analyze_model(model: eval_inputs.Model, pairs, refusal_ids, system: str, batch_size: int = 8,
+def collect_stats(model: eval_inputs.Model, pairs, run: str, refusal_ids, system: str, batch_size: int = 8,
                   top_ks=(1, 5)) -> dict:
-  """The per-model summary (analysis.summarise) over all pairs, both runs."""
-  per_run = {}
-  for run in ("image", "text"):
-    tokens, images = eval_inputs.tokenize_runs(pairs, run, model, system)
-    collected = []
-    for batch, real in eval_inputs.batches(tokens, images, model, batch_size):
-      span = batch["segments"]["image" if run == "image" else "caption"]
-      pixels = batch["pixel_values"] if run == "image" else None  # the text run needs no vision tower
-      stats = analysis.forward_stats(model.params, batch["input_ids"], batch["attention_mask"], pixels, span,
-                                     config=model.module.config, refusal_ids=tuple(refusal_ids),
-                                     top_ks=tuple(top_ks))
-      stats = jax.tree.map(np.asarray, stats)
-      # The sample axis is 0 for per-sample values ([B]) and 1 for per-layer ones ([L(+1), B, ...]).
-      collected.append({k: v[:real] if v.ndim == 1 else v[:, :real] for k, v in stats.items()})
-    per_run[run] = {k: np.concatenate([c[k] for c in collected], axis=0 if collected[0][k].ndim == 1 else 1)
-                    for k in collected[0]}
-  return analysis.summarise(per_run["image"], per_run["text"], top_ks)
+  """analysis.forward_stats of one run ('image' or 'text') over all pairs, concatenated on the sample axis."""
+  tokens, images = eval_inputs.tokenize_runs(pairs, run, model, system)
+  collected = []
+  for batch, real in eval_inputs.batches(tokens, images, model, batch_size):
+    span = batch["segments"]["image" if run == "image" else "caption"]
+    pixels = batch["pixel_values"] if run == "image" else None  # the text run needs no vision tower
+    stats = analysis.forward_stats(model.params, batch["input_ids"], batch["attention_mask"], pixels, span,
+                                   config=model.module.config, refusal_ids=tuple(refusal_ids),
+                                   top_ks=tuple(top_ks))
+    stats = jax.tree.map(np.asarray, stats)
+    # The sample axis is 0 for per-sample values ([B]) and 1 for per-layer ones ([L(+1), B, ...]).
+    collected.append({k: v[:real] if v.ndim == 1 else v[:, :real] for k, v in stats.items()})
+  return {k: np.concatenate([c[k] for c in collected], axis=0 if collected[0][k].ndim == 1 else 1)
+          for k in collected[0]}
+
+
+def analyze_model(model: eval_inputs.Model, pairs, refusal_ids, system: str, batch_size: int = 8,
+                  top_ks=(1, 5), benign_pairs=(), probe_threshold: float = 0.9) -> dict:
+  """The per-model summary (analysis.summarise) over all pairs, both runs; with benign_pairs, also the
+  linear probe per run: 'probe' {run: {'accuracy': [L+1], 'first_layer': int (-1: never), 'threshold'}}."""
+  per_run = {run: collect_stats(model, pairs, run, refusal_ids, system, batch_size, top_ks)
+             for run in ("image", "text")}
+  summary = analysis.summarise(per_run["image"], per_run["text"], top_ks)
+  if benign_pairs:
+    summary["probe"] = {}
+    for run in ("image", "text"):
+      benign = collect_stats(model, benign_pairs, run, refusal_ids, system, batch_size, top_ks)["last_states"]
+      states = np.concatenate([per_run[run]["last_states"], benign], axis=1)
+      labels = np.r_[np.ones(len(pairs), int), np.zeros(len(benign_pairs), int)]
+      accuracy = analysis.probe_accuracies(states, labels)
+      summary["probe"][run] = {"accuracy": accuracy, "first_layer": analysis.first_layer_at(accuracy, probe_threshold),
+                               "threshold": probe_threshold}
+  return summary
 
 
 def plot(results: dict, out_dir: str) -> list[str]:
@@ -103,18 +119,35 @@ def plot(results: dict, out_dir: str) -> list[str]:
                                     "that have one)")
   ax.legend()
   save(fig, "activation_layers.png")
+
+  if any("probe" in r for r in results.values()):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, r) in enumerate(results.items()):
+      for run, style in (("text", "o-"), ("image", "s--")):
+        if "probe" in r:
+          values = r["probe"][run]["accuracy"]
+          ax.plot(range(len(values)), values, style, color=colours[i % len(colours)], label=f"{label} {run}")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="layer (0 = embeddings)", ylabel="cross-validated accuracy", ylim=(0.4, 1.02),
+           title="Linear probe: toxic vs benign from the last position's state")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8)
+    save(fig, "probe.png")
   return paths
 
 
 def run(models, pairs, out_dir: str, phrases=analysis.DEFAULT_REFUSAL_PHRASES, system=eval_inputs.SAFETY_SYSTEM,
-        batch_size: int = 8) -> dict:
-  """Analyses each model, writes analysis.json and the plots into out_dir; returns the JSON object."""
+        batch_size: int = 8, benign_pairs=(), probe_threshold: float = 0.9) -> dict:
+  """Analyses each model, writes analysis.json and the plots into out_dir; returns the JSON object.
+  benign_pairs: benign images with captions, for the toxic-vs-benign linear probe (skipped when empty)."""
   os.makedirs(out_dir, exist_ok=True)
-  report = {"num_pairs": len(pairs), "refusal_phrases": list(phrases), "system": system, "models": {}}
+  report = {"num_pairs": len(pairs), "num_benign_pairs": len(benign_pairs), "refusal_phrases": list(phrases),
+            "system": system, "models": {}}
   for model in models:
     start = time.perf_counter()
     ids = analysis.refusal_token_ids(model.tokenizer, phrases)
-    summary = analyze_model(model, pairs, ids, system, batch_size)
+    summary = analyze_model(model, pairs, ids, system, batch_size, benign_pairs=benign_pairs,
+                            probe_threshold=probe_threshold)
     summary["refusal_ids"] = list(ids)
     summary["refusal_tokens"] = [model.tokenizer.decode([i]) for i in ids]
     summary["seconds"] = round(time.perf_counter() - start, 2)
@@ -151,6 +184,11 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--image-dir", default="", help="image root for --data (default: the JSON's folder).")
   p.add_argument("--limit", type=int, default=0, help="analyse at most this many pairs (0 = all).")
   p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass.")
+  p.add_argument("--benign-data", default="",
+                 help="a LLaVA JSON whose toxic=false records (image + caption) are the benign side of the linear "
+                      "probe (toxic vs benign from the last position's state, per layer); no probe without it.")
+  p.add_argument("--probe-threshold", type=float, default=0.9,
+                 help="the probe layer is the first whose cross-validated accuracy reaches this.")
   return p
 
 
@@ -164,12 +202,17 @@ def main(argv=None):
   labels = [m.label for m in models]
   if len(set(labels)) != len(labels):
     raise SystemExit(f"--model: labels {labels} repeat; name them as LABEL=PATH")
-  report = run(models, pairs, args.out, phrases, args.system, args.batch_size)
+  benign = eval_inputs.load_pairs(args.benign_data, args.out, args.image_dir, args.limit, benign_only=True) \
+      if args.benign_data else ()
+  report = run(models, pairs, args.out, phrases, args.system, args.batch_size, benign, args.probe_threshold)
   for label, r in report["models"].items():
     act = r["activation_layer"]
     print(f"{label}: activation layer text {act['text']['top1']['mean']:.2f} (top-5 {act['text']['top5']['mean']:.2f})"
           f", image {act['image']['top1']['mean']:.2f} (top-5 {act['image']['top5']['mean']:.2f}); cosine per layer "
           + " ".join(f"{c:.3f}" for c in r["cosine"]))
+    for run_name, probe in r.get("probe", {}).items():
+      print(f"  probe ({run_name} run): first layer with accuracy >= {probe['threshold']}: {probe['first_layer']}; "
+            f"per layer " + " ".join(f"{a:.2f}" for a in probe["accuracy"]))
   print("wrote", os.path.join(args.out, "analysis.json"), *report["plots"])
   return report
 

@@ -109,9 +109,10 @@ def _procedural(spec: str, out_dir: str) -> str:
                                         retrieved=procedural.same_scene_retrieval(records, options["seed"]))
 
 
-def load_pairs(data: str, out_dir: str = ".", image_dir: str = "", limit: int = 0, include_benign: bool = False
-               ) -> list[Pair]:
-  """Toxic image/caption pairs from a LLaVA JSON (or procedural data written into out_dir)."""
+def load_pairs(data: str, out_dir: str = ".", image_dir: str = "", limit: int = 0, include_benign: bool = False,
+               benign_only: bool = False) -> list[Pair]:
+  """Toxic image/caption pairs from a LLaVA JSON (or procedural data written into out_dir); with
+  include_benign all pairs, with benign_only just the toxic=false ones."""
   if data.split(":")[0] == "procedural":
     data = _procedural(data, out_dir)
   try:
@@ -126,8 +127,10 @@ def load_pairs(data: str, out_dir: str = ".", image_dir: str = "", limit: int = 
   root = image_dir or os.path.dirname(os.path.abspath(data))
   pairs = []
   for i, record in enumerate(records):
-    if not isinstance(record, dict) or not record.get("image") or (not include_benign and
-                                                                    not record.get("toxic", True)):
+    if not isinstance(record, dict) or not record.get("image"):
+      continue
+    toxic = bool(record.get("toxic", True))
+    if (benign_only and toxic) or (not benign_only and not include_benign and not toxic):
       continue
     rid = str(record.get("id", f"#{i}"))
     caption = record.get("image_caption") or _first_answer(record)
@@ -143,7 +146,8 @@ def load_pairs(data: str, out_dir: str = ".", image_dir: str = "", limit: int = 
     if limit and len(pairs) >= limit:
       break
   if not pairs:
-    raise ValueError(f"--data {data}: no record with an image{'' if include_benign else ' and toxic != false'}")
+    wanted = " and toxic = false" if benign_only else ("" if include_benign else " and toxic != false")
+    raise ValueError(f"--data {data}: no record with an image{wanted}")
   return pairs
 
 
