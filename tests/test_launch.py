@@ -80,7 +80,7 @@ def test_tpu_pod_dry_run_creates_sets_up_runs_and_deletes(capsys):
   assert code == 0
   lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
   assert "tpu-vm create pod --zone=us-central2-b --accelerator-type=v4-32" in lines[0]
-  assert lines[1].startswith("+ git archive") and "scp" in lines[2] and "--worker=all" in lines[2]
+  assert lines[1].startswith("+ git archive") and "tpu-vm scp /tmp/" in lines[2] and "--worker=all" in lines[2]
   assert "gcsfuse --implicit-dirs bkt /mnt/gcs/bkt" in lines[3] and "pip install" in lines[3]
   assert "--worker=all" in lines[4] and "--workdir=/mnt/gcs/bkt/runs/s1" in lines[4]
   assert "--distributed=jax" in lines[4] and "-m tga_jax.train" in lines[4]

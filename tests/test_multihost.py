@@ -15,7 +15,11 @@ TGA = ["tga_jax.train", "--config=configs/tga/tiny.py:stage=1,steps=4", "--confi
        # the 1-process run goes without them too, to compare identical shapes.
        "--config.data.buckets=()", "--config.data.caption_buckets=()", "--config.eval_every=4",
        "--config.eval_batches=1", "--config.log_every=1"]
-COMPLOSS = ["comploss_jax.train", "--config=configs/comploss/tiny.py"]
+# The tiny comparative-loss config on the test folder's 8 RTE pairs: 4 steps (an epoch each), and dev/test
+# evaluations of a few rows (BBC's 667 would double the test's time).
+COMPLOSS = ["comploss_jax.train", "--config=configs/comploss/tiny.py", "--config.task=rte",
+            f"--config.data.glue_dir={os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'glue')}",
+            "--config.data.train_size=0", "--config.epochs=4"]
 COMMON = ["--config.progress_bar=False", "--config.checkpoint.use_async=False"]
 
 
@@ -45,13 +49,14 @@ def test_two_processes_match_one_process_on_tiny_tga_and_comparative_loss(tmp_pa
       for key in ("loss", "grad_norm"):
         np.testing.assert_allclose(a[step][key], b[step][key], rtol=2e-5, err_msg=f"{name} step {step} {key}")
     eval_a, eval_b = metrics(multi, "eval"), metrics(single, "eval")
-    assert sorted(eval_a) == sorted(eval_b) == [4]
-    for key, value in eval_b[4].items():
-      if key not in ("step", "split", "time"):
-        np.testing.assert_allclose(eval_a[4][key], value, rtol=1e-4, atol=1e-6, err_msg=f"{name} eval {key}")
+    assert sorted(eval_a) == sorted(eval_b) and 4 in eval_a
+    for step, row in eval_b.items():
+      for key, value in row.items():
+        if key not in ("step", "split", "time"):
+          np.testing.assert_allclose(eval_a[step][key], value, rtol=1e-4, atol=1e-6, err_msg=f"{name} eval {key}")
     # One checkpoint directory for both hosts, with each host's iterator position beside the arrays.
     data_dir = multi / "checkpoints" / "4" / "data"
-    assert sorted(os.listdir(data_dir)) == ["process_0-of-2.json", "process_1-of-2.json"]
+    assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data_dir))
     # Process 1 kept quiet: no absl INFO lines (only warnings) and no printed JSON result.
     log = open(multi / "logs" / "process_1.log").read()
     assert not re.search(r"^I\d{4} ", log, re.M) and '"final_step"' not in log and '"test"' not in log

@@ -159,7 +159,8 @@ def train(config, workdir: str) -> dict:
   mesh = trainkit.make_mesh(config.mesh)
   init = lambda r: module.init(r, sample["input_ids"], sample["pixel_values"], sample["attention_mask"])["params"]  # noqa: E731
   abstract = nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
-  config.optimizer.trainable = trainable_patterns(config.stage)
+  # The stage decides what trains (LLaVA: projector, then projector + LLM) unless the config names it.
+  config.optimizer.trainable = tuple(config.get("trainable", ()) or trainable_patterns(config.stage))
   tx, schedule, trainable = trainkit.make_optimizer(config.optimizer, config.total_steps, abstract)
   params = None
   if config.init_from:
@@ -222,10 +223,15 @@ def make_eval_fn(module, config, sources, parse, mesh):
              for i in range(0, len(padded), config.batch_size)]
   logging.info("eval: %d held-out examples in %d batches", len(examples), len(batches))
 
+  # Every host holds all eval batches; each passes on its own contiguous rows (see trainkit.data).
+  local = config.batch_size // jax.process_count()
+  mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+
   def eval_fn(state) -> dict:
     totals = {}
     with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(tuple(r) for r in config.rules)):
       for batch in batches:
+        batch = jax.tree.map(lambda x: x[mine], batch)
         metrics = jax.device_get(evaluate_batch(state.params, trainkit.to_global(batch, sharding), state.step))
         for k, v in metrics.items():
           totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
