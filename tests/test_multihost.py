@@ -63,3 +63,13 @@ def test_two_processes_match_one_process_on_tiny_tga_and_comparative_loss(tmp_pa
 
   results = [json.load(open(tmp_path / f"comploss_{p}p" / "results.json")) for p in (2, 1)]
   assert results[0]["dev"] == pytest.approx(results[1]["dev"]) and results[0]["test"] == pytest.approx(results[1]["test"])
+
+
+def test_host_blocks_put_together_are_the_single_process_batches():
+  import grain
+  from trainkit.data import host_blocks
+  stream = grain.MapDataset.source(list(range(50))).shuffle(seed=3).repeat(None)
+  parts = [host_blocks(stream, 2, host, 3) for host in range(3)]  # 3 hosts x 2 rows = global batch 6
+  for step in range(5):
+    merged = [parts[host][step * 2 + row] for host in range(3) for row in range(2)]
+    assert merged == [stream[i] for i in range(step * 6, step * 6 + 6)]

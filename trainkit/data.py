@@ -92,14 +92,12 @@ def host_blocks(ds: grain.MapDataset, block: int, host: int, hosts: int) -> grai
   """
   if hosts == 1:
     return ds
-  parent = ds
-  length = len(parent) // (block * hosts) * block
-
   def record(index: int):
     k, offset = divmod(index, block)
-    return parent[(k * hosts + host) * block + offset]
+    return ds[(k * hosts + host) * block + offset]
 
-  return grain.MapDataset.range(length).map(record)
+  # Whole global batches only: a trailing partial one could not be split evenly over the hosts.
+  return grain.MapDataset.range(len(ds) // (block * hosts) * block).map(record)
 
 
 def to_global(local_batch, sharding: jax.sharding.NamedSharding):
