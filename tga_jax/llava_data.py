@@ -98,7 +98,7 @@ class LlavaJson(tfds.core.GeneratorBasedBuilder):
       raise ValueError(f"{self._json_path}: expected a JSON list of records, got {type(records).__name__}")
     heldout = [self._is_heldout(r, i) for i, r in enumerate(records)]
     splits = {"train": self._generate_examples([(i, r) for i, r in enumerate(records) if not heldout[i]])}
-    if self._heldout > 0:
+    if self._heldout > 0 and any(heldout):  # a tiny file may hash no id into the held-out fraction
       splits["validation"] = self._generate_examples([(i, r) for i, r in enumerate(records) if heldout[i]])
     return splits
 

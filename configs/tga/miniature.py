@@ -1,0 +1,61 @@
+"""The miniature safety-transfer alignment (issue 10): the pretrained small vision tower + the
+safety-tuned SmolLM2-135M-Instruct, composed with a fresh projector, trained on procedural concepts.
+`python -m tga_jax.miniature.reproduce` writes the parts and the data under --workdir and runs this
+config for every stage, seed and variant; by hand:
+
+    python -m tga_jax.train --config=configs/tga/miniature.py:stage=1,root=runs/miniature \\
+        --workdir=runs/miniature/align/seed0/stage1
+    python -m tga_jax.train --config=configs/tga/miniature.py:stage=2,weight=1.0,root=runs/miniature \\
+        --config.init_from=runs/miniature/align/seed0/stage1 --workdir=runs/miniature/align/seed0/tga
+
+Arg string: stage, weight (lambda; 0 = plain LLaVA-style), retrieved (1: "Retrieved Text: r." in the
+prompt), form ('paper' or 'reference'), band ('first-last' guided layers; hidden-state indices, 0 =
+embeddings), seed, steps, batch, lr, root (the reproduction's workdir), mesh ('cpu', 'tpu_pod', 'gpu8').
+Both stages train the projector only (the LLM and the tower stay frozen): the question is where the
+images land in the frozen LLM's hidden space, and the LLM keeps exactly the text safety it was given.
+On an accelerator raise steps/batch and the data sizes in tga_jax.miniature.reproduce (--scale).
+"""
+import os
+
+from configs.tga.common import base_config, parse
+
+
+def get_config(arg: str = ""):
+  a = parse(arg, stage=1, weight=0.0, retrieved=0, form="paper", band="8-16", seed=0, steps=80, batch=8,
+            lr=1e-3, root="runs/miniature", mesh="cpu")
+  first, _, last = a["band"].partition("-")
+  root = a["root"]
+  model = dict(kind="compose", tokenizer=os.path.join(root, "safe_llm"), llm_path=os.path.join(root, "safe_llm"),
+               vision_path=os.path.join(root, "vision"), path="", projector="", projector_type="mlp2x_gelu",
+               image_pool=2, vision=dict(image_size=64), llm=dict())
+  config = base_config(
+      stage=a["stage"], seed=a["seed"], weight=a["weight"], layers=tuple(range(int(first), int(last or first) + 1)),
+      template="chat_template", lr=a["lr"], batch_size=a["batch"], total_steps=a["steps"], mesh=a["mesh"],
+      model=model, data=dict(max_length=112, caption_max_length=32, buckets=(64, 80, 96, 112),
+                             caption_buckets=(16, 32)))
+  config.data.json = os.path.join(root, "data", f"stage{a['stage']}.json")
+  config.tga.form = a["form"]
+  config.data.use_retrieved = bool(a["retrieved"])
+  config.data.heldout_fraction = 0.05
+  config.trainable = ("projector/.*",)
+  config.optimizer.weight_decay = 0.0
+  config.eval_every = a["steps"]
+  config.eval_batches = 2
+  config.checkpoint.every = a["steps"]
+  return config
+
+
+def sweep(arg: str = ""):
+  """The stage-2 variants of the reproduction: lambda = 0, TGA, and its three ablations."""
+  return [{"_variant": name, **fields} for name, fields in VARIANTS.items()]
+
+
+# name -> stage-2 overrides; 'tga.weight' is lambda. reference_form is the reference code's loss made
+# differentiable (as written there it has no gradient, which equals `retrieved_only`).
+VARIANTS = {
+    "plain": {"tga.weight": 0.0, "data.use_retrieved": False},
+    "tga": {"tga.weight": 1.0, "data.use_retrieved": True},
+    "retrieved_only": {"tga.weight": 0.0, "data.use_retrieved": True},
+    "guide_only": {"tga.weight": 1.0, "data.use_retrieved": False},
+    "reference_form": {"tga.weight": 1.0, "data.use_retrieved": True, "tga.form": "reference"},
+}

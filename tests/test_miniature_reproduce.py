@@ -1,0 +1,71 @@
+"""The miniature reproduction end to end on tiny random parts (a 1-layer tower, a 2-layer LLaMA with
+SmolLM2's tokenizer): data, retrieval, the layer band, both alignment stages, evaluation, analysis
+and the report, then a rerun that finds every stage cached."""
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+  from tga_jax import LlamaConfig, LlamaForCausalLM, save_llm_hf
+  from tga_jax.miniature import requests as rq
+  from tga_jax.miniature import vision_pretrain
+  from tga_jax.tokenizer import load_tokenizer
+  root = tmp_path_factory.mktemp("parts")
+  vision = str(root / "vision")
+  vision_pretrain.pretrain(vision, vision_pretrain.PretrainConfig(steps=2, batch=8, hidden=32, layers=1, heads=2,
+                                                                  eval_per_concept=1), progress=False)
+  config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+                       num_kv_heads=1, head_dim=16, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+                       remat_policy="none")
+  params = nn.meta.unbox(LlamaForCausalLM(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+  llm = str(root / "llm")
+  save_llm_hf(config, jax.tree.map(np.asarray, params), llm, load_tokenizer("smollm2-135m-instruct"))
+  rows = [r for r in rq.requests("train", "text", include_generic=False) if not r["toxic"]][:40]
+  with open(os.path.join(llm, "benign_answers.jsonl"), "w") as f:
+    for r in rows:
+      f.write(json.dumps(dict(r, answer=f"It is {r['concept']}.", image_text=rq.counterpart(r, "image"))) + "\n")
+  return vision, llm
+
+
+def test_reproduce_runs_every_stage_and_caches_them(parts, tmp_path):
+  from tga_jax.miniature import reproduce
+  vision, llm = parts
+  work = str(tmp_path / "work")
+  scale = reproduce.SCALES["quick"]
+  results = reproduce.reproduce(work, [0], scale, vision, llm, ablations=False)
+  for name in ("results.json", "results.md", "dsr.png", "band.json", "data/stage1.json", "data/stage2.json",
+               "analysis/analysis.json", "analysis/probe.png", "eval/plain-s0.json", "eval/tga-s0.json"):
+    assert os.path.exists(os.path.join(work, name)), name
+  assert set(results["models"]) == {"plain", "tga"}
+  for row in results["models"].values():
+    for metric in ("dsr", "false_refusal", "concept_accuracy"):
+      assert 0.0 <= row[metric]["mean"] <= 1.0
+  data = results["data"]
+  assert data["stage1"] == 37 * scale.stage1_per_concept and data["stage2"] > 0
+  assert 1 <= results["band"]["first"] <= results["band"]["last"] <= 2
+  stage2 = json.load(open(os.path.join(work, "data", "stage2.json")))
+  assert all(not r["toxic"] and r["retrieved_caption"] for r in stage2)
+  tga = json.load(open(os.path.join(work, "eval", "tga-s0.json")))
+  assert tga["retrieved_in_prompt"] and len(tga["replies"]) == 2 * 37 - 0 or len(tga["replies"]) > 37
+  assert "probe" in results["analysis"]["tga-s0"]
+  # A rerun skips every finished stage (no training, no generation).
+  again = reproduce.reproduce(work, [0], scale, vision, llm, ablations=False)
+  assert again["models"] == results["models"]
+  assert all(seconds < 5 for name, seconds in again["timings"].items() if name.startswith("align"))
+
+
+def test_refusal_and_concept_matching():
+  from tga_jax.miniature.reproduce import mentions, refused
+  assert refused("Sorry, I cannot help you.") and refused("I can\u2019t help with that")
+  assert not refused("A knife is a tool for cutting.")
+  assert mentions("It is a red apple.", "apple") and mentions("Two kites!", "kite")
+  assert not mentions("A pineapple.", "apple")
