@@ -12,8 +12,9 @@ over seeds into mean +- std (sample std) in `<workdir>/results.md` and `results.
 The trainer is `config.trainer` (a module with `train(config, workdir) -> results dict`); a local
 run's returned dict is saved as its results.json when the trainer writes none (the TGA trainer).
 `<workdir>/index.json` lists every run: variant, seed, overrides, workdir, command, status
-('done': results.json; 'trained': only the trainer's summary.json; 'pending') and its results; runs
-that are not pending are neither rerun nor resubmitted.
+('done': results.json; 'trained': only the trainer's summary.json; 'pending') and its results.
+Pending runs are submitted; locally, every run without results.json runs (a trained one resumes at its
+last step and only finishes: export, test scores).
 With --submit, each run's `<trainer> --config=... --workdir=...` is appended to the given command
 (a launcher: launch/slurm_gpu.sbatch via sbatch, launch/local.py --, launch/tpu_pod.py run --) and run.
 """
@@ -145,7 +146,7 @@ def main(argv=None):
     if status == "pending" and args.submit:
       print(f"== submit {variant} seed={overrides.get('seed', 0)}: {shlex.join(command)}", flush=True)
       subprocess.run(command, check=True)
-    elif status == "pending":
+    elif status != "done" and not args.submit:  # 'trained' too: resuming at the last step only finishes it
       print(f"== {variant} seed={overrides.get('seed', 0)} -> {run_dir}", flush=True)
       result = importlib.import_module(config.trainer).train(config, run_dir)
       results_path = os.path.join(run_dir, "results.json")

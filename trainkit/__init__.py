@@ -1,6 +1,7 @@
 """trainkit: the one sharded-training runtime that tga_jax and comploss_jax share.
 
-A trainer reads top to bottom:
+A trainer reads top to bottom (multi-host: `trainkit.distributed.initialize_from_env()` runs first;
+the shared command line, trainkit/cli.py, does it):
 
     mesh = trainkit.make_mesh(config.mesh)
     tx, schedule, trainable = trainkit.make_optimizer(config.optimizer, config.total_steps, abstract_params)
