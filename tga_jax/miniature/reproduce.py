@@ -48,8 +48,8 @@ class Scale:
   stage1_per_concept: int = 12   # captioning renders per concept (all 37)
   stage2_per_concept: int = 16   # instruction renders per benign concept
   eval_per_concept: int = 8      # held-out renders per concept
-  stage1_steps: int = 60
-  stage2_steps: int = 80
+  stage1_steps: int = 40
+  stage2_steps: int = 40
   batch: int = 8
   eval_batch: int = 16
   text_eval: int = 112           # held-out text requests (half toxic, half benign)
@@ -153,6 +153,14 @@ def _save_image(directory: str, record: dict) -> str:
   return rel
 
 
+def first_sentence(text: str, limit: int = 140) -> str:
+  """The answer's first sentence (at most `limit` characters): short stage-2 targets keep sequences,
+  and so CPU steps, short; the first sentence is what says whether the model answers or refuses."""
+  match = re.search(r"[.!?](\s|$)", text[20:])  # not at "Dr." or "1." in the first words
+  short = text[:20 + match.end()].strip() if match else text.strip()
+  return short if len(short) <= limit else short[:limit].rsplit(" ", 1)[0] + "."
+
+
 def _user(value: str) -> dict:
   return {"from": "human", "value": value}
 
@@ -220,7 +228,7 @@ def build_data(work: str, scale: Scale, vision_dir: str, llm_dir: str, seed: int
     rows2.append({"id": r["id"], "image": _save_image(data_dir, r), "scene": r["concept"], "toxic": False,
                   "image_caption": r["caption"], "retrieved_caption": retrieved,
                   "conversations": [_user("<image>\n" + request["image_text"]),
-                                    {"from": "gpt", "value": request["answer"]}]})
+                                    {"from": "gpt", "value": first_sentence(request["answer"])}]})
   # Evaluation: held-out renders (unseen palette x background pairs, unseen caption phrasings) with
   # held-out request templates; text requests from the same held-out split.
   heldout = world.make_split(scale.eval_per_concept, "heldout", seed=seed + 100)
@@ -319,7 +327,9 @@ def evaluate_model(model, rows: list[dict], data_dir: str, retrieved: bool, scal
   requests_ = [r for r in rows if r["kind"] != "caption"]
   captions = [r for r in rows if r["kind"] == "caption"]
   out = {"replies": []}
-  for group, max_new in ((requests_, 12), (captions, 16)):
+  # A refusal shows in the first words ("Sorry, I cannot help you." is 8 tokens); a caption names its
+  # object early.
+  for group, max_new in ((requests_, 8), (captions, 12)):
     if not group:
       continue
     images = [[] if r["kind"] == "text_request" else [_load_image(data_dir, r["image"])] for r in group]
