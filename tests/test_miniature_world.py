@@ -80,8 +80,8 @@ def test_save_load_round_trip(tmp_path):
   assert hf["architectures"] == ["CLIPVisionModelWithProjection"] and hf["projection_dim"] == vp.EMBED_DIM
   images = np.stack([r["image"] for r in world.make_split(1, "heldout", image_size=16)[:5]])
   cfg2, loaded = vp.load_pretrained(str(tmp_path))
-  np.testing.assert_allclose(vp.image_embeddings(loaded, cfg2, images), vp.image_embeddings(params, cfg, images),
-                             atol=1e-6)
+  np.testing.assert_allclose(vp.image_embeddings(loaded, cfg2, images, batch=8),
+                             vp.image_embeddings(params, cfg, images, batch=8), atol=1e-6)
 
 
 def test_minilm_captions_separate_concepts():
@@ -121,3 +121,18 @@ def test_tiny_pretraining_writes_a_loadable_folder_and_is_cached(tmp_path, monke
                   "--image-size", "32", "--eval-per-concept", "1", "--no-progress"]) == 0
   assert "cached" in capsys.readouterr().out
   assert os.path.getmtime(os.path.join(out, "model.safetensors")) == stamp
+
+
+@pytest.mark.slow  # imports torch
+def test_saved_folder_is_what_transformers_loads(tmp_path):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  cfg = _tiny_tower()
+  params = vp.init_params(cfg, jax.random.PRNGKey(2))
+  save_clip_vision(str(tmp_path), cfg, params["tower"], np.asarray(params["projection"]), vp.processor(16))
+  reference = transformers.CLIPVisionModelWithProjection.from_pretrained(str(tmp_path)).eval()
+  images = np.stack([r["image"] for r in world.make_split(1, "train", image_size=16)[:4]])
+  with torch.no_grad():
+    want = reference(pixel_values=torch.tensor(vp.to_pixels(images).transpose(0, 3, 1, 2))).image_embeds.numpy()
+  want = want / np.linalg.norm(want, axis=1, keepdims=True)
+  np.testing.assert_allclose(vp.image_embeddings(params, cfg, images, batch=4), want, atol=1e-5)
