@@ -115,6 +115,13 @@ def generate_answers(module, params, tokenizer, rows: list[dict], cache_path: st
   return [cached[(r["text"], max_new_tokens)] for r in rows]
 
 
+def _read_json(path: str) -> dict:
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
 def benign_answers(folder: str) -> list[dict]:
   """The cached base-model answers of a finished run: [{"concept", "template_id", "text" (text form),
   "image_text" (image form; None for generic), "answer", ...}]. Stage 2 of the VLM pairs image_text
@@ -123,6 +130,17 @@ def benign_answers(folder: str) -> list[dict]:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: run `python -m tga_jax.miniature.safety_sft --out {folder}` first")
   return _read_jsonl(path)
+
+
+def image_answer_pairs(folder: str, judge=None) -> list[dict]:
+  """Stage-2 visual instructions from a finished run: [{"concept", "template_id", "request" (image form),
+  "answer" (the base model's text-form answer of the same request)}], concept requests only, answers
+  that read as refusals left out (as in the SFT data)."""
+  judge = judge or RefusalPhraseJudge()
+  return [{"concept": a["concept"], "template_id": a["template_id"], "request": a["image_text"],
+           "answer": a["answer"]}
+          for a in benign_answers(folder)
+          if a["concept"] is not None and a["answer"] and not judge(a["text"], a["answer"])]
 
 
 def sft_examples(answers: list[dict], judge=None) -> tuple[list[dict], list[dict]]:
@@ -389,14 +407,12 @@ def run(out: str, args: SftArgs, model: str = BASE_MODEL, progress: bool = True)
 
   eval_path = os.path.join(out, EVAL_FILE)
   key = dict(dataclasses.asdict(args), model=model)
-  if os.path.exists(eval_path):
-    with open(eval_path) as f:
-      done = json.load(f)
-    if done.get("args") == key and os.path.exists(os.path.join(out, "model.safetensors")):
-      print(f"{eval_path}: done with the same arguments; skipping", file=sys.stderr)
-      return done
+  done = _read_json(eval_path)
+  if done.get("args") == key and os.path.exists(os.path.join(out, "model.safetensors")):
+    print(f"{eval_path}: done with the same arguments; skipping", file=sys.stderr)
+    return done
   os.makedirs(out, exist_ok=True)
-  started = time.time()
+  started, cpu_started = time.time(), time.process_time()
   module, params = load_llm(model)
   tokenizer = load_tokenizer(model)
 
@@ -409,7 +425,15 @@ def run(out: str, args: SftArgs, model: str = BASE_MODEL, progress: bool = True)
   benign_arrays = {k: v[len(toxic):] for k, v in arrays.items()}
 
   rows = eval_requests(args.eval_cap)
-  before = refusal_rates(module, params, tokenizer, rows, args.eval_tokens, progress=progress, label="eval before")
+  # The base model's rates depend on the evaluation only: kept across runs with other SFT arguments.
+  before_key = {"model": model, "eval_tokens": args.eval_tokens, "eval_cap": args.eval_cap}
+  before_path = os.path.join(out, "safety_eval_before.json")
+  before = _read_json(before_path)
+  if before.get("key") != before_key:
+    before = dict(refusal_rates(module, params, tokenizer, rows, args.eval_tokens, progress=progress,
+                                label="eval before"), key=before_key)
+    with open(before_path, "w") as f:
+      json.dump(before, f, indent=1)
   trained, losses = train(module, params, toxic_arrays, benign_arrays, steps=args.steps, batch=args.batch,
                           layers=args.layers, lr=args.lr, seed=args.seed, toxic_fraction=args.toxic_fraction,
                           progress=progress)
@@ -422,9 +446,11 @@ def run(out: str, args: SftArgs, model: str = BASE_MODEL, progress: bool = True)
       "judge": "tga_jax.judge.RefusalPhraseJudge (the '_fixed' rates: the reply contains 'sorry, i cannot help')",
       "train": {"toxic_examples": len(toxic), "benign_examples": len(benign), "sequence_length": length,
                 "loss_first": losses[0], "loss_last10": float(np.mean(losses[-10:]))},
-      "before": {k: v for k, v in before.items() if k != "examples"},
+      "before": {k: v for k, v in before.items() if k not in ("examples", "key")},
       "after": {k: v for k, v in after.items() if k != "examples"},
       "wall_seconds": round(time.time() - started, 1),
+      # CPU seconds of all this process' threads: comparable across runs on a shared machine.
+      "cpu_seconds": round(time.process_time() - cpu_started, 1),
   }
   with open(os.path.join(out, "safety_eval_examples.json"), "w") as f:
     json.dump({"before": before["examples"], "after": after["examples"]}, f, indent=1)
@@ -450,7 +476,7 @@ def main(argv=None):
       cell = result[phase][split]
       print(f"{phase:6s} {split:11s}  toxic refusal {cell['toxic_refusal']:.0%} (n={cell['n_toxic']})  "
             f"benign false refusal {cell['benign_false_refusal']:.0%} (n={cell['n_benign']})")
-  print(f"wall {result['wall_seconds']} s")
+  print(f"wall {result['wall_seconds']} s, cpu {result.get('cpu_seconds')} s")
 
 
 if __name__ == "__main__":
