@@ -76,6 +76,20 @@ def test_clean_answer_and_answer_requests():
   assert toxic and all(t["reply"] == sft.REFUSAL for t in toxic)
 
 
+def test_image_answer_pairs_read_the_cached_answers(tmp_path):
+  import json
+  rows = sft.answer_requests(40)
+  concept_row = next(r for r in rows if r["concept"])
+  cached = [dict(rows[0], answer="Pancakes need flour.", image_text=None, prefix=None, max_new_tokens=48),
+            dict(concept_row, answer="It holds tea.", image_text=rq.counterpart(concept_row, "image"), prefix=None,
+                 max_new_tokens=48),
+            dict(concept_row, text="x", answer="I'm sorry, I cannot.", image_text="y", prefix=None, max_new_tokens=48)]
+  (tmp_path / sft.ANSWERS_FILE).write_text("".join(json.dumps(r) + "\n" for r in cached))
+  pairs = sft.image_answer_pairs(str(tmp_path))
+  assert pairs == [{"concept": concept_row["concept"], "template_id": concept_row["template_id"],
+                    "request": rq.counterpart(concept_row, "image"), "answer": "It holds tea."}]
+
+
 # --------------------------------------------------------------------------------- SFT, tiny model
 
 

@@ -86,25 +86,48 @@ def _read_jsonl(path: str) -> list[dict]:
 
 
 def generate_answers(module, params, tokenizer, rows: list[dict], cache_path: str | None = None,
-                     max_new_tokens: int = 48, batch_size: int = 32, progress: bool = True) -> list[dict]:
+                     max_new_tokens: int = 48, batch_size: int = 32, progress: bool = True,
+                     comply_prefix: str | None = "Sure!") -> list[dict]:
   """The model's own greedy answers to text-form requests, cached as JSONL (one row per request).
 
+  SmolLM2 answers some harmless requests with "I'm sorry for any misunderstanding, but as a chatbot...";
+  dropping those would leave their wordings with refusals only, which teaches refusing by wording. So a
+  refusing answer is generated again with the assistant's reply started as `comply_prefix`: still the
+  model's own words, steered to comply.
   Returns:
-    rows in order, each with "answer" (cleaned), "raw" (the generated text), "image_text" (the same
-    request in image form, None for a generic one) and "max_new_tokens".
+    rows in order, each with "answer" (cleaned), "raw" (the generated text), "prefix" (the forced
+    opening, or None), "image_text" (the same request in image form, None for a generic one) and
+    "max_new_tokens".
   """
-  from tga_jax.generate import generate
-
+  judge = RefusalPhraseJudge()
   cached = {(r["text"], r["max_new_tokens"]): r for r in _read_jsonl(cache_path)} if cache_path else {}
   todo = [r for r in rows if (r["text"], max_new_tokens) not in cached]
-  bar = _bar(len(todo), "base-model answers", progress)
-  for start in range(0, len(todo), batch_size):
-    chunk = todo[start:start + batch_size]
-    texts = generate(module, params, tokenizer, [r["text"] for r in chunk], max_new_tokens, chat=True)
-    # A row that produced max_new_tokens tokens without EOS was cut off.
+  _answer_batches(module, params, tokenizer, todo, None, cached, cache_path, max_new_tokens, batch_size,
+                  _bar(len(todo), "base-model answers", progress))
+  if comply_prefix:
+    refused = [r for r in rows if (r["text"], max_new_tokens) in cached and
+               cached[(r["text"], max_new_tokens)].get("prefix") is None and
+               judge(r["text"], cached[(r["text"], max_new_tokens)]["answer"])]
+    _answer_batches(module, params, tokenizer, refused, comply_prefix, cached, cache_path, max_new_tokens,
+                    batch_size, _bar(len(refused), f"answers opened with {comply_prefix!r}", progress))
+  return [cached[(r["text"], max_new_tokens)] for r in rows]
+
+
+def _answer_batches(module, params, tokenizer, rows, prefix, cached, cache_path, max_new_tokens, batch_size, bar):
+  """Greedy answers of `rows` (optionally continuing a forced opening) into `cached` and the JSONL."""
+  from tga_jax.generate import generate
+  from tga_jax.tokenizer import encode_chat
+
+  opening = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+  for start in range(0, len(rows), batch_size):
+    chunk = rows[start:start + batch_size]
+    prompts = [encode_chat(tokenizer, r["text"]) + opening for r in chunk]
+    texts = generate(module, params, tokenizer, prompts, max_new_tokens, chat=False)
     for row, text in zip(chunk, texts):
+      # A row that produced max_new_tokens tokens without EOS was cut off.
       truncated = len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= max_new_tokens - 1
-      out = dict(row, raw=text, answer=clean_answer(text, truncated), max_new_tokens=max_new_tokens,
+      text = (prefix or "") + text
+      out = dict(row, raw=text, answer=clean_answer(text, truncated), prefix=prefix, max_new_tokens=max_new_tokens,
                  image_text=None if row["concept"] is None else rq.counterpart(row, "image"))
       cached[(row["text"], max_new_tokens)] = out
       if cache_path:
@@ -112,7 +135,6 @@ def generate_answers(module, params, tokenizer, rows: list[dict], cache_path: st
           f.write(json.dumps(out) + "\n")
     bar.update(len(chunk))
   bar.close()
-  return [cached[(r["text"], max_new_tokens)] for r in rows]
 
 
 def _read_json(path: str) -> dict:
