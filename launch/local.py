@@ -22,6 +22,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PREEMPTED = 143  # trainkit.Preempted's exit code
 
 
 def free_port() -> int:
@@ -78,10 +79,14 @@ def launch(trainer_args: list[str], processes: int = 1, cpu_devices: int = 0, po
 
 def wait_all(procs: list[subprocess.Popen], timeout: float | None = None) -> int:
   """Waits for every process; when one fails (or time runs out), terminates the rest. Returns the first
-  non-zero exit code, else 0."""
+  non-zero exit code, else 0.
+
+  Exit 143 (preempted: checkpoint written) is no failure: the others are stopping at the same step and
+  may still be finishing that checkpoint (process 0 commits it), so they are left to end by themselves.
+  """
   deadline = None if timeout is None else time.monotonic() + timeout
   while any(p.poll() is None for p in procs):
-    failed = [p for p in procs if p.poll() not in (None, 0)]
+    failed = [p for p in procs if p.poll() not in (None, 0, PREEMPTED)]
     if failed or (deadline is not None and time.monotonic() > deadline):
       for p in procs:
         if p.poll() is None:

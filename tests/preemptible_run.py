@@ -5,7 +5,8 @@
 With --signal, the process sends itself that signal when it draws its N-th batch (so the signal lands
 during step N, like a preemption notice or an OOM kill). A run that reaches total_steps writes
 `<workdir>/final_params.npz` and `<workdir>/batches.jsonl` (one line per batch drawn: step and the
-first example's label and pixel checksum) so a test can see lost or repeated batches.
+first example's label and pixel checksum; `batches_p<i>.jsonl` per process when several run) so a
+test can see lost or repeated batches.
 """
 import argparse
 import json
@@ -21,6 +22,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import trainkit  # noqa: E402
+from trainkit import distributed  # noqa: E402
 from configs.demo import digits  # noqa: E402
 from launch import demo  # noqa: E402
 
@@ -64,10 +66,12 @@ def main():
   parser.add_argument("--signal", choices=("KILL", "TERM"), default=None)
   parser.add_argument("--at", type=int, default=0, help="signal on this batch drawn by this process (1-based)")
   args = parser.parse_args()
+  distributed.initialize_from_env()  # several processes when launch/local.py starts them
   c = config()
   exp = demo.build(c)
   os.makedirs(args.workdir, exist_ok=True)
-  data = Recording(exp.data_iter, os.path.join(args.workdir, "batches.jsonl"),
+  log = "batches.jsonl" if jax.process_count() == 1 else f"batches_p{jax.process_index()}.jsonl"
+  data = Recording(exp.data_iter, os.path.join(args.workdir, log),
                    getattr(signal, f"SIG{args.signal}") if args.signal else None, args.at)
   ckpt = os.path.join(args.workdir, "checkpoints")
   # Committed checkpoints are the all-digit folders (Orbax writes into a temporary name, then renames).
@@ -76,7 +80,8 @@ def main():
                               progress_bar=False)
   flat = {trainkit.path_str(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(
       jax.device_get(state.params))}
-  np.savez(os.path.join(args.workdir, "final_params.npz"), **flat)
+  if jax.process_index() == 0:
+    np.savez(os.path.join(args.workdir, "final_params.npz"), **flat)
 
 
 if __name__ == "__main__":
