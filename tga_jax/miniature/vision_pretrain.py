@@ -314,7 +314,8 @@ def pretrain(out: str, c: PretrainConfig = PretrainConfig(), progress: bool = Tr
   if os.path.exists(gate_path):
     with open(gate_path) as f:
       report = json.load(f)
-    if report.get("args") == args and os.path.exists(os.path.join(out, "model.safetensors")):
+    same_world = report.get("world_version", world.WORLD_VERSION) == world.WORLD_VERSION
+    if report.get("args") == args and same_world and os.path.exists(os.path.join(out, "model.safetensors")):
       print(f"vision pretrain: cached at {out} (held-out top-1 {report['heldout_top1']:.3f})", flush=True)
       return report
   os.makedirs(out, exist_ok=True)
@@ -363,7 +364,7 @@ def pretrain(out: str, c: PretrainConfig = PretrainConfig(), progress: bool = Tr
   probe = feature_probe_top1(params, cfg, train_records, heldout_records)
   save_clip_vision(out, cfg, params["tower"], np.asarray(params["projection"]), processor(c.image_size))
   report = {"heldout_top1": heldout, "train_top1": train, "gate": GATE, "passed": heldout >= GATE,
-            "feature_probe_heldout_top1": probe, "num_concepts": len(world.CONCEPT_IDS), "eval_per_concept": c.eval_per_concept,
+            "feature_probe_heldout_top1": probe, "num_concepts": len(world.CONCEPT_IDS), "world_version": world.WORLD_VERSION, "eval_per_concept": c.eval_per_concept,
             "final_loss": float(metrics.get("loss", float("nan"))), "train_seconds": round(train_s, 1),
             "wall_seconds": round(time.time() - start, 1),
             # CPU seconds over all threads: on a shared machine wall time overstates the cost.
