@@ -1,12 +1,14 @@
 """A text safety mechanism for SmolLM2-135M-Instruct by a short text-only SFT (issue 10).
 
-    python -m tga_jax.miniature.safety_sft --out runs/miniature/safe_llm [--steps 120 --batch 8 --layers 12]
+    python -m tga_jax.miniature.safety_sft --out runs/miniature/safe_llm [--steps --batch --layers --lr --seed]
 
 1. The base model answers benign train requests (greedy, ~48 new tokens; cached in
    OUT/benign_answers.jsonl): these are the benign targets, so SFT teaches refusing without teaching
-   new answers.
+   new answers. Where it refuses a harmless request, it answers again with its reply opened as "Sure!".
 2. SFT of the last K layers (+ the final norm): toxic requests -> REFUSAL, benign ones -> the model's
-   own answer; loss on assistant tokens only. The frozen bottom layers run forward only, once per batch.
+   own answer; loss on the first `reply_tokens` assistant tokens only. The frozen bottom layers run
+   forward only, once per example (their states are precomputed), and the vocabulary projection only
+   at target positions.
 3. Refusal rates before and after on held-out requests, per template split (test_seen: seen wording,
    unseen pairing; test_unseen: wording never trained on), written to OUT/safety_eval.json.
 4. OUT is an HF folder (config.json, model.safetensors, tokenizer files): `load_llm(OUT)`,
@@ -42,7 +44,7 @@ EVAL_FILE = "safety_eval.json"
 @dataclasses.dataclass(frozen=True)
 class SftArgs:
   """Everything the result depends on (the cache key of OUT/safety_eval.json)."""
-  steps: int = 100
+  steps: int = 150
   batch: int = 8
   layers: int = 8             # the last K decoder layers train (+ the final norm)
   lr: float = 1.5e-4
