@@ -1,6 +1,7 @@
 """Miniature world: request phrasings (splits, forms) and the safety SFT on a tiny random LLaMA."""
 import re
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -108,7 +109,6 @@ def tiny(tokenizer):
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                        remat_policy="none")
   module = LlamaForCausalLM(config)
-  import flax.linen as nn
   abstract = nn.meta.unbox(jax.eval_shape(module.init, jax.random.PRNGKey(0), np.zeros((1, 4), np.int32))["params"])
   rng = np.random.default_rng(0)
 

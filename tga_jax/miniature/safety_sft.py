@@ -328,7 +328,7 @@ def batches(toxic: dict, benign: dict, batch: int, toxic_fraction: float, seed: 
   """Endless batches: round(batch * toxic_fraction) toxic rows, the rest benign, each pool reshuffled
   every epoch."""
   rng = np.random.default_rng(seed)
-  n_toxic = min(max(int(round(batch * toxic_fraction)), 1), batch - 1)
+  n_toxic = min(max(round(batch * toxic_fraction), 1), batch - 1)
   pools = [(toxic, n_toxic, []), (benign, batch - n_toxic, [])]
   while True:
     parts = []
