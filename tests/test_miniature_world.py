@@ -63,14 +63,18 @@ def test_heldout_variants_and_phrasings_never_appear_in_train():
     world.render("gun", np.random.default_rng(0), split="test")
 
 
-def _tiny_tower():
-  return ClipConfig(hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2, image_size=16, patch_size=8)
+# One tiny tower for every test here, so the jitted encoder compiles once for the whole file.
+TINY = vp.PretrainConfig(steps=3, batch=8, hidden=32, layers=2, heads=2, image_size=32, eval_per_concept=1)
+
+
+def _tiny_tower() -> ClipConfig:
+  return vp.tower_config(TINY)
 
 
 def test_save_load_round_trip(tmp_path):
   cfg = _tiny_tower()
   params = vp.init_params(cfg, jax.random.PRNGKey(1))
-  save_clip_vision(str(tmp_path), cfg, params["tower"], np.asarray(params["projection"]), vp.processor(16))
+  save_clip_vision(str(tmp_path), cfg, params["tower"], np.asarray(params["projection"]), vp.processor(32))
   module, tower = load_clip_vision(str(tmp_path))
   assert module.config == cfg
   jax.tree.map(np.testing.assert_array_equal, tower, jax.tree.map(np.asarray, params["tower"]))
@@ -78,10 +82,10 @@ def test_save_load_round_trip(tmp_path):
   with open(tmp_path / "config.json") as f:
     hf = json.load(f)
   assert hf["architectures"] == ["CLIPVisionModelWithProjection"] and hf["projection_dim"] == vp.EMBED_DIM
-  images = np.stack([r["image"] for r in world.make_split(1, "heldout", image_size=16)[:5]])
+  images = np.stack([r["image"] for r in world.make_split(1, "heldout", image_size=32)[:5]])
   cfg2, loaded = vp.load_pretrained(str(tmp_path))
-  np.testing.assert_allclose(vp.image_embeddings(loaded, cfg2, images, batch=8),
-                             vp.image_embeddings(params, cfg, images, batch=8), atol=1e-6)
+  np.testing.assert_allclose(vp.image_embeddings(loaded, cfg2, images), vp.image_embeddings(params, cfg, images),
+                             atol=1e-6)
 
 
 def test_minilm_captions_separate_concepts():
@@ -101,9 +105,8 @@ def _fake_embed(texts, batch=128):
 
 def test_tiny_pretraining_writes_a_loadable_folder_and_is_cached(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(vp, "embed_texts", _fake_embed)
-  c = vp.PretrainConfig(steps=3, batch=8, hidden=32, layers=2, heads=2, image_size=32, eval_per_concept=1)
   out = str(tmp_path / "vision")
-  report = vp.pretrain(out, c, progress=False)
+  report = vp.pretrain(out, TINY, progress=False)
   for name in ("config.json", "model.safetensors", "preprocessor_config.json", "gate.json",
                "caption_embeddings.npz"):
     assert os.path.exists(os.path.join(out, name)), name
@@ -129,10 +132,10 @@ def test_saved_folder_is_what_transformers_loads(tmp_path):
   transformers = pytest.importorskip("transformers")
   cfg = _tiny_tower()
   params = vp.init_params(cfg, jax.random.PRNGKey(2))
-  save_clip_vision(str(tmp_path), cfg, params["tower"], np.asarray(params["projection"]), vp.processor(16))
+  save_clip_vision(str(tmp_path), cfg, params["tower"], np.asarray(params["projection"]), vp.processor(32))
   reference = transformers.CLIPVisionModelWithProjection.from_pretrained(str(tmp_path)).eval()
-  images = np.stack([r["image"] for r in world.make_split(1, "train", image_size=16)[:4]])
+  images = np.stack([r["image"] for r in world.make_split(1, "train", image_size=32)[:4]])
   with torch.no_grad():
     want = reference(pixel_values=torch.tensor(vp.to_pixels(images).transpose(0, 3, 1, 2))).image_embeds.numpy()
   want = want / np.linalg.norm(want, axis=1, keepdims=True)
-  np.testing.assert_allclose(vp.image_embeddings(params, cfg, images, batch=4), want, atol=1e-5)
+  np.testing.assert_allclose(vp.image_embeddings(params, cfg, images), want, atol=1e-5)
