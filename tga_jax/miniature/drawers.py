@@ -18,7 +18,7 @@ def _box(cx, cy, r):
 
 def _width(r, frac):
   """A line width proportional to the object's radius, at least 1 px."""
-  return max(1, int(round(r * frac)))
+  return max(1, round(r * frac))
 
 
 def _darker(c, f=0.55):

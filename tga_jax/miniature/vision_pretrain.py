@@ -223,7 +223,7 @@ def feature_probe_top1(params: dict, cfg: ClipConfig, train: list[dict], test: l
     f = f - f.mean(axis=0)  # centre: the shared component (background statistics) says nothing
     return f / np.linalg.norm(f, axis=1, keepdims=True)
 
-  labels = lambda records: np.asarray([world.CONCEPT_IDS.index(r["concept"]) for r in records])  # noqa: E731
+  labels = lambda records: np.asarray([world.CONCEPT_IDS.index(r["concept"]) for r in records])
   f_train, y_train = pooled(train), labels(train)
   means = np.stack([f_train[y_train == k].mean(axis=0) for k in range(len(world.CONCEPT_IDS))])
   means /= np.linalg.norm(means, axis=1, keepdims=True)
@@ -264,7 +264,7 @@ def make_optimizer(c: PretrainConfig) -> optax.GradientTransformation:
   warmup = max(1, c.steps // 20)
   schedule = optax.warmup_cosine_decay_schedule(0.0, c.lr, warmup, max(c.steps, warmup + 1), c.lr * 0.02)
   # No decay on norms, biases, embeddings' class token and the temperature: only matrices shrink.
-  decay = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)  # noqa: E731
+  decay = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)
   return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=c.weight_decay, mask=decay))
 
 

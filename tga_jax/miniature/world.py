@@ -107,7 +107,7 @@ def _background(kind: str, colours, rng: np.random.Generator, size: int) -> np.n
 
 def _clutter(d: ImageDraw.ImageDraw, kind: str, rng: np.random.Generator, size: int, colours) -> None:
   """Distractors: thin lines, small shapes or dots, too small or thin to read as any concept."""
-  pick = lambda: tuple(int(v) for v in colours[int(rng.integers(len(colours)))])  # noqa: E731
+  pick = lambda: tuple(int(v) for v in colours[int(rng.integers(len(colours)))])
   if kind == "lines":
     for _ in range(int(rng.integers(2, 5))):
       x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, size, 4))
