@@ -200,6 +200,18 @@ def test_image_pool_averages_patch_blocks_into_fewer_image_tokens(reference):
   np.testing.assert_allclose(np.asarray(aux["image_features"])[0, :4], np.asarray(expected), atol=1e-5)
   with pytest.raises(ValueError, match="image_pool=3"):
     dataclasses.replace(module.config, image_pool=3)
+  # 'full' keeps the CLS token first and unpooled: 1 + 4 tokens.
+  full = dataclasses.replace(module.config, image_pool=2,
+                             vision=dataclasses.replace(vision, feature_strategy="full"))
+  assert full.tokens_per_image == 5
+  ids5, mask5, pixels5, _ = _batch(5)
+  _, aux5 = _forward(tga_jax.LlavaLVLM(full), params, ids5, mask5, pixels5)
+  _, full_aux = vision_tower(full.vision).apply({"params": params["vision"]}, pixels5[0, :1])
+  features = np.asarray(full_aux["features"])[0]  # [1 + 16, D]: CLS, then the 4x4 patch grid
+  blocks5 = features[1:].reshape(2, 2, 2, 2, -1).mean(axis=(1, 3)).reshape(4, -1)
+  expected5, _ = Projector(module.config.projector).apply({"params": params["projector"]},
+                                                         np.concatenate([features[:1], blocks5]))
+  np.testing.assert_allclose(np.asarray(aux5["image_features"])[0, :5], np.asarray(expected5), atol=1e-5)
   with pytest.raises(ValueError, match="no patch pooling"):
     lvlm_params.config_to_hf(pooled.config)
 

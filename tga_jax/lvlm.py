@@ -35,7 +35,8 @@ class LvlmConfig:
   train_vision: False (LLaVA) stops gradients at the vision features, so a frozen tower costs no backward.
   image_processing: how the data pipeline turns images into pixel_values for this model.
   image_pool: average-pools the square patch grid by this factor per side before the projector
-    (1 = LLaVA; 2 turns 8x8 patches into 4x4 tokens: a 4x shorter image span for small CPU runs)."""
+    (1 = LLaVA; 2 turns 8x8 patches into 4x4 tokens: a 4x shorter image span for small CPU runs); with
+    the 'full' feature strategy the CLS token stays first and unpooled."""
   vision: ClipConfig
   projector: ProjectorConfig
   llm: LlamaConfig
@@ -46,14 +47,19 @@ class LvlmConfig:
 
   def __post_init__(self):
     if self.image_pool != 1:
-      side = int(round(self.vision.num_features ** 0.5))
-      if self.image_pool < 1 or side * side != self.vision.num_features or side % self.image_pool:
+      patches = self.vision.num_features - self._has_cls
+      side = int(round(patches ** 0.5))
+      if self.image_pool < 1 or side * side != patches or side % self.image_pool:
         raise ValueError(f"image_pool={self.image_pool}: needs a square patch grid whose side divides by it; "
-                         f"the vision tower gives {self.vision.num_features} features")
+                         f"the vision tower gives {patches} patch features")
+
+  @property
+  def _has_cls(self) -> int:
+    return int(self.vision.feature_strategy == "full")
 
   @property
   def tokens_per_image(self) -> int:
-    return self.vision.num_features // self.image_pool ** 2
+    return (self.vision.num_features - self._has_cls) // self.image_pool ** 2 + self._has_cls
 
 
 def pool_patches(features: jax.Array, pool: int) -> jax.Array:
@@ -157,7 +163,8 @@ class LlavaLVLM(nn.Module):
       if not cfg.train_vision:
         selected = jax.lax.stop_gradient(selected)
       if cfg.image_pool > 1:
-        selected = pool_patches(selected, cfg.image_pool)
+        cls = selected[:, :cfg._has_cls]
+        selected = jnp.concatenate([cls, pool_patches(selected[:, cfg._has_cls:], cfg.image_pool)], axis=1)
       features, _ = Projector(cfg.projector, name="projector")(selected)
       features = features.reshape(batch, slots * cfg.tokens_per_image, -1)
     elif self.is_initializing():

@@ -53,7 +53,9 @@ def build_model(model_cfg):
     return module, params, tokenizer
   if kind == "compose":
     module, params = compose_lvlm(model_cfg.vision_path, model_cfg.llm_path, model_cfg.projector or None,
-                                  model_cfg.projector_type, image_pool=model_cfg.get("image_pool", 1), **runtime)
+                                  model_cfg.projector_type, image_pool=model_cfg.get("image_pool", 1),
+                                  feature_layer=model_cfg.get("feature_layer", -2),
+                                  feature_strategy=model_cfg.get("feature_strategy", "default"), **runtime)
     return module, params, tokenizer
   vision = ClipConfig(**model_cfg.vision)
   if kind == "random":
