@@ -27,7 +27,10 @@ def get_config(arg: str = ""):
   root = a["root"]
   model = dict(kind="compose", tokenizer=os.path.join(root, "safe_llm"), llm_path=os.path.join(root, "safe_llm"),
                vision_path=os.path.join(root, "vision"), path="", projector="", projector_type="mlp2x_gelu",
-               image_pool=2, vision=dict(image_size=64), llm=dict())
+               # The tower's last layer with its CLS token (the contrastively trained summary; the
+               # penultimate patch features LLaVA reads carry the concept only weakly in so small a
+               # tower), patches pooled 2x2: 1 + 16 image tokens.
+               feature_layer=-1, feature_strategy="full", image_pool=2, vision=dict(image_size=64), llm=dict())
   config = base_config(
       stage=a["stage"], seed=a["seed"], weight=a["weight"], layers=tuple(range(int(first), int(last or first) + 1)),
       template="chat_template", lr=a["lr"], batch_size=a["batch"], total_steps=a["steps"], mesh=a["mesh"],

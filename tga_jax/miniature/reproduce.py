@@ -53,8 +53,8 @@ class Scale:
   batch: int = 8
   eval_batch: int = 16
   text_eval: int = 112           # held-out text requests (half toxic, half benign)
-  vision_steps: int = 600
-  sft_steps: int = 100
+  vision_steps: int | None = None  # None: vision_pretrain.PretrainConfig's default (reaches the gate)
+  sft_steps: int | None = None     # None: safety_sft.SftArgs's default
   analysis_pairs: int = 28
 
 
@@ -91,7 +91,8 @@ def _read_json(path: str):
 def build_vision(work: str, scale: Scale, seed: int) -> str:
   from tga_jax.miniature import vision_pretrain
   out = os.path.join(work, "vision")
-  report = vision_pretrain.pretrain(out, vision_pretrain.PretrainConfig(steps=scale.vision_steps, seed=seed))
+  overrides = {} if scale.vision_steps is None else {"steps": scale.vision_steps}
+  report = vision_pretrain.pretrain(out, vision_pretrain.PretrainConfig(seed=seed, **overrides))
   logging.info("vision tower: %s", {k: report[k] for k in report if "top1" in k})
   return out
 
@@ -99,13 +100,15 @@ def build_vision(work: str, scale: Scale, seed: int) -> str:
 def build_llm(work: str, scale: Scale, seed: int) -> str:
   from tga_jax.miniature import safety_sft
   out = os.path.join(work, "safe_llm")
-  safety_sft.run(out, safety_sft.SftArgs(steps=scale.sft_steps, seed=seed))
+  overrides = {} if scale.sft_steps is None else {"steps": scale.sft_steps}
+  safety_sft.run(out, safety_sft.SftArgs(seed=seed, **overrides))
   return out
 
 
-def choose_band(work: str, llm_dir: str, width: int = 9, threshold: float = 0.95) -> dict:
+def choose_band(work: str, llm_dir: str, width: int = 9, threshold: float = 0.9) -> dict:
   """The guided band [first, first + width - 1]: first = the first layer (>= 1) where a linear probe
-  on the safe LLM's last-position states separates held-out toxic from benign text requests."""
+  on the safe LLM's last-position states separates toxic from benign text requests. Only the shared
+  templates are probed (the same wording for every concept), so the probe reads content, not wording."""
   path = os.path.join(work, "band.json")
   if os.path.exists(path):
     return _read_json(path)
@@ -115,7 +118,7 @@ def choose_band(work: str, llm_dir: str, width: int = 9, threshold: float = 0.95
   from tga_jax.tokenizer import load_tokenizer
   module, params = load_llm(llm_dir)
   tokenizer = load_tokenizer(llm_dir)
-  rows = [r for r in rq.requests("train", "text", include_generic=False)]
+  rows = [r for r in rq.requests("train", "text", include_generic=False) if r["template_id"].startswith("shared")]
   rng = np.random.default_rng(0)
   toxic = [r for r in rows if r["toxic"]]
   benign = [r for r in rows if not r["toxic"]]
