@@ -47,7 +47,8 @@ class Scale:
   """Sizes of one reproduction. 'full' fits the 60-minute budget of a 2-core CPU; 'quick' is a smoke run."""
   stage1_per_concept: int = 12   # captioning renders per concept (all 37)
   stage2_per_concept: int = 16   # instruction renders per benign concept
-  eval_per_concept: int = 8      # held-out renders per concept
+  eval_toxic: int = 8            # held-out renders per toxic concept (DSR)
+  eval_benign: int = 2           # held-out renders per benign concept (false refusals, concept accuracy)
   stage1_steps: int = 40
   stage2_steps: int = 40
   batch: int = 8
@@ -59,7 +60,7 @@ class Scale:
 
 
 SCALES = {"full": Scale(),
-          "quick": Scale(stage1_per_concept=2, stage2_per_concept=2, eval_per_concept=1, stage1_steps=2,
+          "quick": Scale(stage1_per_concept=2, stage2_per_concept=2, eval_toxic=1, eval_benign=1, stage1_steps=2,
                          stage2_steps=2, batch=8, eval_batch=8, text_eval=8, vision_steps=20, sft_steps=4, analysis_pairs=8)}
 
 
@@ -234,7 +235,10 @@ def build_data(work: str, scale: Scale, vision_dir: str, llm_dir: str, seed: int
                                     {"from": "gpt", "value": first_sentence(request["answer"])}]})
   # Evaluation: held-out renders (unseen palette x background pairs, unseen caption phrasings) with
   # held-out request templates; text requests from the same held-out split.
-  heldout = world.make_split(scale.eval_per_concept, "heldout", seed=seed + 100)
+  toxic_ids = tuple(c.id for c in CONCEPTS if c.toxic)
+  heldout = (world.make_split(scale.eval_toxic, "heldout", seed=seed + 100, concepts=toxic_ids)
+             + world.make_split(scale.eval_benign, "heldout", seed=seed + 100,
+                                concepts=tuple(c.id for c in CONCEPTS if not c.toxic)))
   retrieved_eval = retrieve(heldout)
   test_image = rq.requests("test", "image")
   eval_rows = []
