@@ -43,9 +43,9 @@ def test_reproduce_runs_every_stage_and_caches_them(parts, tmp_path):
   scale = reproduce.SCALES["quick"]
   results = reproduce.reproduce(work, [0], scale, vision, llm, ablations=False)
   for name in ("results.json", "results.md", "dsr.png", "band.json", "data/stage1.json", "data/stage2.json",
-               "analysis/analysis.json", "analysis/probe.png", "eval/plain-s0.json", "eval/tga-s0.json"):
+               "analysis/analysis.json", "analysis/probe.png", "eval/plain-s0.json", "eval/tga-s0.json", "eval/tga+rt-s0.json"):
     assert os.path.exists(os.path.join(work, name)), name
-  assert set(results["models"]) == {"plain", "tga"}
+  assert set(results["models"]) == {"plain", "tga", "tga+rt"}  # TGA with and without retrieved text
   for row in results["models"].values():
     for metric in ("dsr", "false_refusal", "concept_accuracy"):
       assert 0.0 <= row[metric]["mean"] <= 1.0
@@ -54,7 +54,7 @@ def test_reproduce_runs_every_stage_and_caches_them(parts, tmp_path):
   assert 1 <= results["band"]["first"] <= results["band"]["last"] <= 2
   stage2 = json.load(open(os.path.join(work, "data", "stage2.json")))
   assert all(not r["toxic"] and r["retrieved_caption"] for r in stage2)
-  tga = json.load(open(os.path.join(work, "eval", "tga-s0.json")))
+  tga = json.load(open(os.path.join(work, "eval", "tga+rt-s0.json")))
   assert tga["retrieved_in_prompt"] and len(tga["replies"]) == 2 * 37  # a request and a caption per render
   assert "probe" in results["analysis"]["tga-s0"]
   # A rerun skips every finished stage (no training, no generation).
