@@ -173,22 +173,21 @@ def _user(value: str) -> dict:
 
 
 def build_retrieval(data_dir: str, vision_dir: str):
-  """(index, corpus rows, embed_images): the ScaNN index over MiniLM embeddings of the train captions
-  and the toxic text requests (the paper's corpus: captions plus toxic texts), queried by the tower's
-  image embeddings."""
+  """(index, embed_images): the ScaNN index over MiniLM embeddings of the train captions and the toxic
+  text requests (the paper's corpus: captions plus toxic texts), queried by the tower's image
+  embeddings (embed_images: list of uint8[S, S, 3] -> float32[N, 384])."""
   from tga_jax.miniature import vision_pretrain
   from tga_jax.retrieval import TextIndex
   index_dir = os.path.join(data_dir, "index")
-  corpus = [{"text": t, "kind": "caption"} for t in world.all_captions("train")]
-  corpus += [{"text": r["text"], "kind": "toxic_request"} for r in rq.requests("train", "text", include_generic=False)
-             if r["toxic"]]
   if os.path.exists(os.path.join(index_dir, "index.json")):
     index = TextIndex.load(index_dir)
   else:
-    index = TextIndex.build(vision_pretrain.embed_texts([c["text"] for c in corpus]), [c["text"] for c in corpus])
+    texts = world.all_captions("train") + [r["text"] for r in rq.requests("train", "text", include_generic=False)
+                                           if r["toxic"]]
+    index = TextIndex.build(vision_pretrain.embed_texts(texts), texts)
     index.save(index_dir)
   cfg, params = vision_pretrain.load_pretrained(vision_dir)
-  return index, corpus, lambda images: vision_pretrain.image_embeddings(params, cfg, np.stack(images))
+  return index, lambda images: vision_pretrain.image_embeddings(params, cfg, np.stack(images))
 
 
 def _concept_of_text(text: str) -> str | None:
@@ -206,7 +205,7 @@ def build_data(work: str, scale: Scale, vision_dir: str, llm_dir: str, seed: int
   if os.path.exists(summary_path):
     return _read_json(summary_path)
   os.makedirs(os.path.join(data_dir, "images"), exist_ok=True)
-  index, _, embed_images = build_retrieval(data_dir, vision_dir)
+  index, embed_images = build_retrieval(data_dir, vision_dir)
 
   def retrieve(records):
     texts = index.search_texts(embed_images([r["image"] for r in records]), k=1)
@@ -491,6 +490,7 @@ def reproduce(work: str, seeds: list[int], scale: Scale, vision_dir: str = "", l
     print(f"[reproduce] {name}: {timings[name]:.0f} s", flush=True)
     return out
 
+  from configs.tga.miniature import VARIANTS
   vision_dir = vision_dir or timed("vision", build_vision, work, scale, seeds[0])
   llm_dir = llm_dir or timed("safe_llm", build_llm, work, scale, seeds[0])
   _link(work, "vision", vision_dir)
@@ -501,7 +501,6 @@ def reproduce(work: str, seeds: list[int], scale: Scale, vision_dir: str = "", l
   for seed in seeds:
     for variant in ("plain", "tga") + (ABLATIONS if ablations and seed == seeds[0] else ()):
       workdir = timed(f"align seed{seed} {variant}", align, work, seed, variant, band, scale)
-      from configs.tga.miniature import VARIANTS
       runs[f"{variant}-s{seed}"] = (workdir, bool(VARIANTS[variant]["data.use_retrieved"]))
   evals = timed("evaluate", evaluate_all, work, runs, scale)
   first = {k: v for k, v in runs.items() if k in (f"plain-s{seeds[0]}", f"tga-s{seeds[0]}")}
