@@ -42,3 +42,9 @@ def encoder_forward_flops(cfg, batch: int, length: int) -> float:
   d, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
   per_token = 2 * (4 * d * d + 2 * d * f) + 2 * 2 * length * d  # weights + (QK^T, PV)
   return float(layers * per_token * batch * length)
+
+
+def torch_device() -> str:
+  """'cuda' when JAX runs on a GPU and torch sees one (then both stacks share the card), else 'cpu'."""
+  import torch
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 import comploss_jax  # noqa: E402
 import trainkit  # noqa: E402
-from bench.common import compiled_peak_bytes, encoder_forward_flops, matmul_peak_flops, timeit  # noqa: E402
+from bench.common import compiled_peak_bytes, encoder_forward_flops, matmul_peak_flops, timeit, torch_device  # noqa: E402
 from comploss_jax.encoder_params import resolve_model_dir  # noqa: E402
 
 NUM_LABELS = 5
@@ -43,11 +43,6 @@ def synthetic_batch(batch: int, length: int):
   ids = rng.randint(1000, MINILM_L6["vocab_size"], (batch, length)).astype(np.int32)
   inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
   return inputs, np.arange(batch, dtype=np.int32) % NUM_LABELS
-
-
-def torch_device() -> str:
-  import torch
-  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
 def bbc_batch(tokenizer, batch: int, length: int):

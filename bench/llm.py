@@ -33,6 +33,7 @@ import optax  # noqa: E402
 
 import tga_jax  # noqa: E402
 import trainkit  # noqa: E402
+from bench.common import torch_device  # noqa: E402
 from tga_jax.llama import LlamaForCausalLM  # noqa: E402
 
 NAME = "smollm2-135m-instruct"
@@ -41,12 +42,6 @@ SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, n
                     num_kv_heads=3, head_dim=64, rms_norm_eps=1e-5, rope_theta=100000.0,
                     max_position_embeddings=8192, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
                     pad_token_id=2)
-
-
-def torch_device() -> str:
-  """'cuda' when JAX runs on a GPU and torch sees one (then both stacks share the card), else 'cpu'."""
-  import torch
-  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
 def torch_sync():
