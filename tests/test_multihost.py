@@ -28,6 +28,10 @@ def metrics(workdir, split="train"):
   return {r["step"]: r for r in rows if r["split"] == split}
 
 
+def tail(path, lines=40):
+  return "".join(open(path).readlines()[-lines:]) if os.path.exists(path) else f"({path} missing)"
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_process_on_tiny_tga_and_comparative_loss(tmp_path):
   runs = {}
@@ -39,7 +43,10 @@ def test_two_processes_match_one_process_on_tiny_tga_and_comparative_loss(tmp_pa
       runs[(name, processes)] = local.launch(args, processes, devices, log_dir=str(workdir / "logs"))
   # All four start together (the two cores overlap one run's compiling with another's Python).
   codes = {key: local.wait_all(procs, timeout=540) for key, procs in runs.items()}
-  assert codes == {key: 0 for key in runs}, codes
+  if codes != {key: 0 for key in runs}:
+    logs = {key: tail(tmp_path / f"{key[0]}_{key[1]}p" / "logs" / "process_1.log") for key in runs if key[1] == 2}
+    pytest.fail(f"exit codes {codes}; the last lines of process 1's logs:\n" +
+                "\n".join(f"--- {key}\n{text}" for key, text in logs.items()))
 
   for name in ("tga", "comploss"):
     multi, single = tmp_path / f"{name}_2p", tmp_path / f"{name}_1p"

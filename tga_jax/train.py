@@ -14,7 +14,6 @@ At the end the params are exported to `<workdir>/params` (stage 2's `init_from` 
 """
 from __future__ import annotations
 
-import json
 import os
 
 import flax.linen as nn
@@ -183,11 +182,7 @@ def train(config, workdir: str) -> dict:
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(export, state.params, force=True)
   checkpointer.wait_until_finished()
-  summary = json.load(open(os.path.join(workdir, "summary.json")))
-  summary["exported_params"] = export
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  return summary
+  return trainkit.update_summary(workdir, exported_params=export)
 
 
 def _first_good(source, parse):

@@ -158,12 +158,30 @@ def train_loop(
              "skipped_records": dict(skip_counter.counts) if skip_counter else {},
              "metrics_jsonl": writer.jsonl_path, "tensorboard": writer.tensorboard_dir,
              "checkpoints": str(checkpointer.directory)}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+  update_summary(workdir, **summary)
   logging.info("done at step %d; metrics: %s (TensorBoard: %s); checkpoints: %s", step,
                writer.jsonl_path, writer.tensorboard_dir, checkpointer.directory)
   return state
+
+
+def update_summary(workdir: str, **fields) -> dict:
+  """Merges fields into `<workdir>/summary.json` (train_loop starts it) and returns the whole summary.
+
+  The workdir is shared between hosts, so process 0 alone reads and writes the file (atomically: a
+  reader never sees half of it); the other processes get `fields` back.
+  """
+  if jax.process_index() != 0:
+    return dict(fields)
+  path = os.path.join(workdir, "summary.json")
+  summary = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      summary = json.load(f)
+  summary.update(fields)
+  with open(path + ".tmp", "w") as f:
+    json.dump(summary, f, indent=2)
+  os.replace(path + ".tmp", path)
+  return summary
 
 
 def _fmt(metrics: dict) -> str:
