@@ -11,7 +11,9 @@ the forward pass (4x256 tokens) and greedy decoding at batch 1 and 8 (decode-onl
 N new tokens minus the time of 1, so prefill is excluded on both sides). Each figure is the best of
 --steps repeats, ours and torch timed alternately so both see the same background load (the machine is
 shared; torch's thread pool suffers more than XLA's when the cores are busy). MFU is model FLOPs per
-second over the measured peak. Not a test.
+second over the measured peak. Last, the ceilings of this machine that the targets meet: the
+weight-streaming rate (the floor of a batch-1 decode step) and the MFU a 1.3x train step would need.
+Not a test.
 """
 from __future__ import annotations
 
@@ -84,6 +86,16 @@ def matmul_peak() -> float:
   f = jax.jit(lambda x: x @ x)
   seconds = best_time(lambda: f(a).block_until_ready(), 10)
   return 2 * 2048 ** 3 / seconds / 1e9
+
+
+def weight_read_seconds(param_bytes: int) -> float:
+  """Seconds to stream `param_bytes` of float32 weights through a batch-1 matvec (jitted, 30 blocks of
+  576 rows, SmolLM2's width): the floor of one batch-1 decode step, which must read every weight once."""
+  cols = param_bytes // 4 // 30 // 576
+  mats = [jax.random.normal(jax.random.PRNGKey(i), (576, cols), jnp.float32) for i in range(30)]
+  x = jnp.ones((1, 576), jnp.float32)
+  f = jax.jit(lambda x, ms: [x @ m for m in ms])
+  return best_time(lambda: jax.block_until_ready(f(x, mats)), 10)
 
 
 def forward_flops(config, batch: int, length: int) -> float:
@@ -279,6 +291,14 @@ def main():
   if reference:
     print(f"\ntargets: train step >= 1.3x torch: {train_ratio[0] / train_ratio[1]:.2f}x; "
           f"batch-1 decode >= 2x torch: {decode_ratio[0] / decode_ratio[1]:.2f}x")
+    # The ceilings these targets meet on this machine: a batch-1 step reads every weight once, and a train
+    # step cannot run above the matmul peak.
+    param_bytes = sum(x.nbytes for x in jax.tree.leaves(host_params))
+    read = weight_read_seconds(param_bytes)
+    print(f"ceilings: batch-1 decode reads {param_bytes / 1e6:.0f} MB of weights per token, streamed at "
+          f"{param_bytes / read / 1e9:.1f} GB/s -> at most {1 / read:.1f} tokens/s "
+          f"(2x torch needs {2 * decode_ratio[1]:.1f}); 1.3x torch's train step needs "
+          f"{1.3 * 100 * train_ratio[1] * 3 * forward_flops(config, 1, 128) / 128 / 1e9 / peak:.0f}% MFU")
 
 
 if __name__ == "__main__":
