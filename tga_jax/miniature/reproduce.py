@@ -10,7 +10,8 @@ Every stage writes under --workdir and is skipped on a rerun once its output exi
   data/       stage-1 captions of all concepts, stage-2 benign visual instructions (answers: the safe
               LLM's own text answers), the retrieval corpus (captions + toxic texts) in a ScaNN index
               queried with the tower's image embeddings, and the held-out evaluation set
-  align/seed<s>/stage1, align/seed<s>/<variant>   `tga_jax.train` runs of configs/tga/miniature.py
+  align/stage1, align/seed<s>/<variant>   `tga_jax.train` runs of configs/tga/miniature.py: one
+              stage-1 projector (captioning), which every seed's stage-2 variants start from
   eval/<label>.json   refusal rates and concept accuracy per model (eval/text.json: the text requests)
   analysis/   per-layer cos(image, caption), logit lens and linear probe for lambda = 0 vs TGA
   results.json, results.md, dsr.png   the table (mean +- std over seeds) and the plot
@@ -52,7 +53,7 @@ class Scale:
   stage2_per_concept: int = 16   # instruction renders per benign concept
   eval_toxic: int = 8            # held-out renders per toxic concept (DSR)
   eval_benign: int = 2           # held-out renders per benign concept (false refusals, concept accuracy)
-  stage1_steps: int = 40
+  stage1_steps: int = 120        # one stage 1, shared by the seeds
   stage2_steps: int = 40
   batch: int = 8
   eval_batch: int = 16
@@ -290,9 +291,11 @@ def config_for(work: str, stage: int, seed: int, band: dict, scale: Scale, varia
 
 
 def align(work: str, seed: int, variant: str, band: dict, scale: Scale) -> str:
-  """One `tga_jax.train` run (stage 1 for variant 'stage1'); skipped when its params are exported."""
+  """One `tga_jax.train` run; skipped when its params are exported. Variant 'stage1' is the captioning
+  stage, run once (with the first seed that needs it): as LLaVA's released stage-1 projector, every
+  seed's stage 2 starts from it, so the seeds compare the stage-2 variants."""
   from tga_jax.train import train
-  workdir = os.path.join(work, "align", f"seed{seed}", variant)
+  workdir = os.path.join(work, "align", *(("stage1",) if variant == "stage1" else (f"seed{seed}", variant)))
   if os.path.exists(os.path.join(workdir, "summary.json")) and os.path.isdir(os.path.join(workdir, "params")):
     return workdir
   if variant == "stage1":
