@@ -16,13 +16,17 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
   from tga_jax import LlamaConfig, LlamaForCausalLM, save_llm_hf
+  from tga_jax.clip_params import save_clip_vision
   from tga_jax.miniature import requests as rq
   from tga_jax.miniature import vision_pretrain
   from tga_jax.tokenizer import load_tokenizer
   root = tmp_path_factory.mktemp("parts")
+  # A random 1-layer tower in the pretrained tower's format (test_miniature_world covers the pretraining).
   vision = str(root / "vision")
-  vision_pretrain.pretrain(vision, vision_pretrain.PretrainConfig(steps=2, batch=8, hidden=32, layers=1, heads=2,
-                                                                  eval_per_concept=1), progress=False)
+  tower = vision_pretrain.tower_config(vision_pretrain.PretrainConfig(hidden=32, layers=1, heads=2))
+  tower_params = vision_pretrain.init_params(tower, jax.random.PRNGKey(0))
+  save_clip_vision(vision, tower, tower_params["tower"], np.asarray(tower_params["projection"]),
+                   vision_pretrain.processor(tower.image_size))
   config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
                        num_kv_heads=1, head_dim=16, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
                        remat_policy="none")
