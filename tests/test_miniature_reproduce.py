@@ -51,7 +51,7 @@ def test_reproduce_runs_every_stage_and_caches_them(parts, tmp_path):
     assert os.path.exists(os.path.join(work, name)), name
   assert set(results["models"]) == {"plain", "tga", "tga+rt"}  # TGA with and without retrieved text
   for row in results["models"].values():
-    for metric in ("dsr", "false_refusal", "concept_accuracy"):
+    for metric in ("dsr", "false_refusal", "concept_accuracy"):  # dsr_shared may be NaN at this scale
       assert 0.0 <= row[metric]["mean"] <= 1.0
   data = results["data"]
   assert data["stage1"] == 37 * scale.stage1_per_concept and data["stage2"] > 0
@@ -63,8 +63,9 @@ def test_reproduce_runs_every_stage_and_caches_them(parts, tmp_path):
   assert "probe" in results["analysis"]["tga-s0"]
   # A rerun skips every finished stage (no training, no generation).
   again = reproduce.reproduce(work, [0], scale, vision, llm, ablations=False)
-  assert again["models"] == results["models"]
-  assert all(seconds < 5 for name, seconds in again["timings"].items() if name.startswith("align"))
+  assert json.dumps(again["models"]) == json.dumps(results["models"])  # (NaN where no shared-template row)
+  # Every stage took under a second, so each keeps the time of the run that computed it.
+  assert again["timings"] == results["timings"]
 
 
 def test_refusal_and_concept_matching():

@@ -15,6 +15,7 @@ Every stage writes under --workdir and is skipped on a rerun once its output exi
   eval/<label>.json   refusal rates and concept accuracy per model (eval/text.json: the text requests)
   analysis/   per-layer cos(image, caption), logit lens and linear probe for lambda = 0 vs TGA
   results.json, results.md, dsr.png   the table (mean +- std over seeds) and the plot
+  timings.json  seconds per stage (a cached stage keeps the time of the run that computed it)
 Variants (configs/tga/miniature.py VARIANTS): plain (lambda = 0) and tga on every seed; the ablations
 retrieved_only, guide_only and reference_form on the first seed.
 """
@@ -418,10 +419,14 @@ def report(work: str, seeds: list[int], evals: dict, parts: dict, band: dict, da
   """results.json, results.md and dsr.png from the per-model evaluations."""
   rows = {}
   names = [n for v in ("plain", "tga") + ABLATIONS for n in (v, f"{v}+rt") if f"{n}-s{seeds[0]}" in evals]
+  shared = {r["id"] for r in _read_json(os.path.join(work, "data", "eval.json"))["image"]
+            if r.get("template_id", "").startswith("shared")}
   for name in names:
     labels = [f"{name}-s{s}" for s in seeds if f"{name}-s{s}" in evals]
+    for label in labels:
+      evals[label]["dsr_shared"] = shared_template_dsr(evals[label], shared)
     rows[name] = {metric: _mean_std([evals[l][metric] for l in labels])
-                  for metric in ("dsr", "false_refusal", "concept_accuracy")}
+                  for metric in ("dsr", "dsr_shared", "false_refusal", "concept_accuracy")}
     rows[name]["seeds"] = len(labels)
   text = evals["text"]
   results = {"text": {"dsr": text["dsr"], "false_refusal": text["false_refusal"]}, "models": rows, "band": band,
@@ -434,15 +439,24 @@ def report(work: str, seeds: list[int], evals: dict, parts: dict, band: dict, da
   _write_json(os.path.join(work, "results.json"), results)
   fmt = lambda m: f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}" if m["n"] > 1 else f"{100 * m['mean']:.1f}"  # noqa: E731
   lines = ["| model (+rt: retrieved text in the prompt at inference) | seeds | image DSR % | "
-           "benign image false refusals % | concept accuracy % |",
-           "|---|---|---|---|---|",
-           f"| safety-tuned LLM, text requests | - | {100 * text['dsr']:.1f} (text) | {100 * text['false_refusal']:.1f} (text) | - |"]
+           "image DSR, shared templates % | benign image false refusals % | concept accuracy % |",
+           "|---|---|---|---|---|---|",
+           f"| safety-tuned LLM, text requests | - | {100 * text['dsr']:.1f} (text) | - | "
+           f"{100 * text['false_refusal']:.1f} (text) | - |"]
   for name, r in rows.items():
-    lines.append(f"| {name} | {r['seeds']} | {fmt(r['dsr'])} | {fmt(r['false_refusal'])} | {fmt(r['concept_accuracy'])} |")
+    lines.append(f"| {name} | {r['seeds']} | {fmt(r['dsr'])} | {fmt(r['dsr_shared'])} | {fmt(r['false_refusal'])} | "
+                 f"{fmt(r['concept_accuracy'])} |")
   with open(os.path.join(work, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   _plot(work, rows, text)
   return results
+
+
+def shared_template_dsr(evaluation: dict, shared_ids: set) -> float:
+  """DSR over the toxic image requests asked with a shared template (one every concept is asked), where
+  only the image makes the request toxic: the wording alone cannot trigger the refusal."""
+  hits = [x["refused"] for x in evaluation["replies"] if x["toxic"] and x["id"] in shared_ids]
+  return float(np.mean(hits)) if hits else float("nan")
 
 
 def _goal(tga: dict, plain: dict, text: dict) -> dict:
@@ -463,11 +477,13 @@ def _plot(work: str, rows: dict, text: dict) -> None:
   names = ["text (LLM)"] + list(rows)
   dsr = [text["dsr"]] + [r["dsr"]["mean"] for r in rows.values()]
   err = [0.0] + [r["dsr"]["std"] for r in rows.values()]
+  shared = [float("nan")] + [r["dsr_shared"]["mean"] for r in rows.values()]
   false = [text["false_refusal"]] + [r["false_refusal"]["mean"] for r in rows.values()]
   x = np.arange(len(names))
   fig, ax = plt.subplots(figsize=(10, 3.8))
-  ax.bar(x - 0.2, [100 * v for v in dsr], 0.4, yerr=[100 * e for e in err], label="DSR on toxic requests")
-  ax.bar(x + 0.2, [100 * v for v in false], 0.4, label="false refusals on benign requests")
+  ax.bar(x - 0.27, [100 * v for v in dsr], 0.27, yerr=[100 * e for e in err], label="DSR on toxic requests")
+  ax.bar(x, [100 * v for v in shared], 0.27, label="DSR, shared (content-only) templates")
+  ax.bar(x + 0.27, [100 * v for v in false], 0.27, label="false refusals on benign requests")
   ax.set_xticks(x, names, fontsize=7, rotation=20)
   ax.set(ylabel="%", ylim=(0, 105), title="Refusal of held-out requests: text vs image, by alignment")
   ax.legend(fontsize=8)
@@ -484,13 +500,19 @@ def reproduce(work: str, seeds: list[int], scale: Scale, vision_dir: str = "", l
   work = os.path.abspath(work)
   os.makedirs(work, exist_ok=True)
   t0 = time.perf_counter()
-  timings = {}
+  # Seconds per stage, kept across reruns: a stage found cached (under a second) keeps the time of the
+  # run that computed it, so results.json always tells what the whole reproduction costs.
+  timings_path = os.path.join(work, "timings.json")
+  timings = _read_json(timings_path) if os.path.exists(timings_path) else {}
 
   def timed(name, fn, *args):
     start = time.perf_counter()
     out = fn(*args)
-    timings[name] = round(time.perf_counter() - start, 1)
-    print(f"[reproduce] {name}: {timings[name]:.0f} s", flush=True)
+    seconds = round(time.perf_counter() - start, 1)
+    if seconds >= 1.0 or name not in timings:
+      timings[name] = seconds
+    _write_json(timings_path, timings)
+    print(f"[reproduce] {name}: {seconds:.0f} s", flush=True)
     return out
 
   from configs.tga.miniature import VARIANTS
@@ -513,11 +535,11 @@ def reproduce(work: str, seeds: list[int], scale: Scale, vision_dir: str = "", l
            "safe_llm": _read_json(os.path.join(llm_dir, "safety_eval.json")) if os.path.exists(
                os.path.join(llm_dir, "safety_eval.json")) else None}
   results = report(work, seeds, evals, parts, band, data, analysis)
-  timings["total"] = round(time.perf_counter() - t0, 1)
-  results["timings"] = timings
+  results["timings"] = dict(timings, total=round(sum(timings.values()), 1))
   _write_json(os.path.join(work, "results.json"), results)
   print(open(os.path.join(work, "results.md")).read())
-  print(f"[reproduce] done in {timings['total'] / 60:.1f} min; {os.path.join(work, 'results.json')}")
+  print(f"[reproduce] done in {(time.perf_counter() - t0) / 60:.1f} min (all stages, cached ones included: "
+        f"{results['timings']['total'] / 60:.1f} min); {os.path.join(work, 'results.json')}")
   return results
 
 
