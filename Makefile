@@ -41,7 +41,7 @@ demo: setup
 	@echo "== 3/3 TGA on the tiny config: stage 1, stage 2 with lambda=0 and with TGA, analysis, evaluation"
 	$(BIN)/python launch/tga_demo.py --workdir=$(DEMO_DIR)/tga
 
-# Safety transfer in miniature (issue 10): about an hour on 2 CPU cores; a rerun skips finished stages.
+# Safety transfer in miniature (issue 10): about 50 minutes on 2 idle CPU cores; a rerun skips finished stages.
 REPRODUCE_DIR ?= runs/miniature
 reproduce: setup
 	$(BIN)/python -m tga_jax.miniature.reproduce --workdir=$(REPRODUCE_DIR)

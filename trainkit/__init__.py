@@ -16,7 +16,7 @@ No model code and no science lives here.
 """
 from trainkit.checkpoint import Checkpointer
 from trainkit.data import BadRecord, SkipCounter, make_train_iterator, to_global
-from trainkit.loop import NonFiniteError, Preempted, train_loop, update_summary
+from trainkit.loop import NonFiniteError, Preempted, train_loop, update_summary, write_json
 from trainkit.mesh import MESH_AXES, make_mesh
 from trainkit.metrics import MetricsWriter, read_jsonl
 from trainkit.optim import make_optimizer, make_schedule, trainable_mask
@@ -29,5 +29,5 @@ __all__ = [
     "Preempted", "SkipCounter", "TrainState", "batch_sharding", "create_train_state",
     "logical_to_shardings", "make_mesh", "make_optimizer", "make_schedule", "make_train_iterator",
     "make_train_step", "path_str", "read_jsonl", "to_global", "train_loop", "trainable_mask",
-    "update_summary",
+    "update_summary", "write_json",
 ]

@@ -167,8 +167,8 @@ def train_loop(
 def update_summary(workdir: str, **fields) -> dict:
   """Merges fields into `<workdir>/summary.json` (train_loop starts it) and returns the whole summary.
 
-  The workdir is shared between hosts, so process 0 alone reads and writes the file (atomically: a
-  reader never sees half of it); the other processes get `fields` back.
+  The workdir is shared between hosts, so process 0 alone reads and writes the file (atomically); the
+  other processes get `fields` back.
   """
   if jax.process_index() != 0:
     return dict(fields)
@@ -178,10 +178,16 @@ def update_summary(workdir: str, **fields) -> dict:
     with open(path) as f:
       summary = json.load(f)
   summary.update(fields)
-  with open(path + ".tmp", "w") as f:
-    json.dump(summary, f, indent=2)
-  os.replace(path + ".tmp", path)
+  write_json(path, summary)
   return summary
+
+
+def write_json(path: str, obj, indent: int = 2) -> None:
+  """Writes JSON atomically (a temporary file, then os.replace): a reader or a resumed run never sees
+  half of it."""
+  with open(path + ".tmp", "w") as f:
+    json.dump(obj, f, indent=indent)
+  os.replace(path + ".tmp", path)
 
 
 def _fmt(metrics: dict) -> str:

@@ -10,7 +10,8 @@ config for every stage, seed and variant; by hand:
 
 Arg string: stage, weight (lambda; 0 = plain LLaVA-style), retrieved (1: "Retrieved Text: r." in the
 prompt), form ('paper' or 'reference'), band ('first-last' guided layers; hidden-state indices, 0 =
-embeddings), seed, steps, batch, lr (0: 1e-2 in stage 1, 1e-3 in stage 2), root (the reproduction's workdir), mesh ('cpu', 'tpu_pod', 'gpu8').
+embeddings), seed, steps, batch, lr (0: 1e-2 in stage 1, 1e-3 in stage 2), root (the reproduction's
+workdir), mesh ('cpu', 'tpu_pod', 'gpu8').
 Both stages train the projector only (the LLM and the tower stay frozen): the question is where the
 images land in the frozen LLM's hidden space, and the LLM keeps exactly the text safety it was given.
 On an accelerator raise steps/batch and the data sizes in tga_jax.miniature.reproduce (--scale).

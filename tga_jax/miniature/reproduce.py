@@ -80,10 +80,9 @@ def mentions(reply: str, concept: str) -> bool:
 
 
 def _write_json(path: str, obj) -> None:
+  from trainkit import write_json
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(path + ".tmp", path)  # atomic: an interrupted write never looks like a finished stage
+  write_json(path, obj, indent=1)  # atomic: an interrupted write never looks like a finished stage
 
 
 def _read_json(path: str):
