@@ -7,7 +7,11 @@ and the multi-host flags (see trainkit/distributed.py; without them the environm
 from __future__ import annotations
 
 import json
+import sys
+import textwrap
 from collections.abc import Callable
+
+HELP_ARGS = ("-h", "--help", "--helpshort", "--helpfull")
 
 
 def run(train: Callable[[object, str], dict], example_config: str) -> None:
@@ -31,6 +35,11 @@ def run(train: Callable[[object, str], dict], example_config: str) -> None:
   flags.DEFINE_enum("distributed", "auto", list(distributed.MODES), "auto: flags, then environment; off: one "
                     "process; jax: let jax.distributed.initialize() detect the cluster (TPU pods, SLURM, MPI).")
   flags.mark_flags_as_required(["config", "workdir"])
+  if any(arg in HELP_ARGS for arg in sys.argv[1:]):
+    # absl's own --help lists only flags defined in the __main__ module (not these) and exits 1.
+    print(usage(train, example_config, ["config", "workdir", "coordinator_address", "num_processes",
+                                        "process_id", "distributed"]))
+    sys.exit(0)
 
   def main(argv):
     del argv
@@ -42,3 +51,25 @@ def run(train: Callable[[object, str], dict], example_config: str) -> None:
       print(json.dumps(result, indent=2))
 
   app.run(main)
+
+
+def usage(train: Callable, example_config: str, names: list[str]) -> str:
+  """The trainer's --help: what it does (its module docstring), examples, then every flag with its default."""
+  from absl import flags
+
+  main = sys.modules.get("__main__")
+  module = getattr(train, "__module__", "") or ""
+  program = f"python -m {module}" if module and module != "__main__" else sys.argv[0]
+  if module == "__main__" and main is not None and getattr(main, "__spec__", None):
+    program = f"python -m {main.__spec__.name}"
+  doc = (getattr(main, "__doc__", None) or sys.modules.get(module).__doc__ or "").strip()
+  lines = [doc, "", "Examples:",
+           f"  {program} --config={example_config} --workdir=runs/example",
+           f"  {program} --config={example_config} --workdir=runs/example --config.total_steps=20  # override a field",
+           "  (rerun with the same --workdir to resume from its latest checkpoint)", "", "Flags:"]
+  for name in names:
+    flag = flags.FLAGS[name]
+    default = "" if flag.default is None else f" (default: {flag.default})"
+    lines.append(f"  --{name}{default}")
+    lines.extend(textwrap.wrap(flag.help, 96, initial_indent="      ", subsequent_indent="      "))
+  return "\n".join(lines)
