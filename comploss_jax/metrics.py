@@ -1,7 +1,8 @@
 """Evaluation metrics of the paper's tasks, in numpy (host side, after prediction).
 
 GLUE: accuracy, binary F1, Matthews correlation, Pearson/Spearman. SQuAD v1.1: exact match and
-token F1 with the official answer normalisation, max over the gold answers.
+token F1 with the official answer normalisation, max over the gold answers. HotpotQA: answer,
+supporting-fact and joint EM/F1/precision/recall as the official hotpot_evaluate_v1.py defines them.
 """
 from __future__ import annotations
 
@@ -94,11 +95,95 @@ def token_f1(prediction: str, gold: str) -> float:
 
 def squad_scores(predictions: dict[str, str], golds: dict[str, list[str]]) -> dict[str, float]:
   """{'exact_match', 'f1'} in percent, each the max over an example's gold answers, averaged over
-  all gold examples (a missing prediction scores 0, as in the official script)."""
+  all gold examples.
+
+  A question without a prediction scores 0 on both, as in the official script, which skips it. (It
+  is not scored as the empty answer: that would give EM 1 against a gold answer that normalises to
+  the empty string, e.g. "The".)
+  """
   em = f1 = 0.0
   for qid, answers in golds.items():
-    pred = predictions.get(qid, "")
+    if qid not in predictions:
+      continue
+    pred = predictions[qid]
     em += max(exact_match(pred, a) for a in answers)
     f1 += max(token_f1(pred, a) for a in answers)
   n = max(len(golds), 1)
   return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
+
+
+# --- HotpotQA (the official hotpot_evaluate_v1.py's definitions) ---
+
+# Normalised answers that are labels rather than text: partial token overlap with them means nothing.
+HOTPOT_SPECIAL_ANSWERS = ("yes", "no", "noanswer")
+
+
+def hotpot_answer_f1(prediction: str, gold: str) -> tuple[float, float, float]:
+  """(F1, precision, recall) of one answer, as the official script.
+
+  Unlike SQuAD's F1, when either side normalises to yes/no/noanswer and the two differ, all three
+  are 0: a prediction "yes no" (a span over the "yes no" prefix) against gold "yes" scores 0, not
+  2/3. No token in common (including both sides empty) also gives 0.
+  """
+  pred, gold = normalize_answer(prediction), normalize_answer(gold)
+  if pred != gold and (pred in HOTPOT_SPECIAL_ANSWERS or gold in HOTPOT_SPECIAL_ANSWERS):
+    return 0.0, 0.0, 0.0
+  pred_tokens, gold_tokens = pred.split(), gold.split()
+  same = sum((collections.Counter(pred_tokens) & collections.Counter(gold_tokens)).values())
+  if same == 0:
+    return 0.0, 0.0, 0.0
+  precision, recall = same / len(pred_tokens), same / len(gold_tokens)
+  return 2 * precision * recall / (precision + recall), precision, recall
+
+
+def hotpot_supporting_facts(prediction, gold) -> tuple[float, float, float, float]:
+  """(EM, F1, precision, recall) of one example's supporting facts, as the official script.
+
+  Facts are (title, sentence index) pairs compared as sets (duplicates count once). EM is 1 when
+  the sets are equal (so also when both are empty); precision of an empty prediction is 0.
+  """
+  pred, gold = {tuple(f) for f in prediction}, {tuple(f) for f in gold}
+  tp = len(pred & gold)
+  fp, fn = len(pred - gold), len(gold - pred)
+  precision = tp / (tp + fp) if tp + fp else 0.0
+  recall = tp / (tp + fn) if tp + fn else 0.0
+  f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+  return float(fp + fn == 0), f1, precision, recall
+
+
+def hotpot_scores(answers: dict[str, str], golds: dict[str, str], supporting: dict | None = None,
+                  gold_supporting: dict | None = None) -> dict[str, float]:
+  """HotpotQA metrics as fractions (as the official script prints them), averaged over all gold ids.
+
+  answers/golds: {id: answer}. Returns 'em', 'f1', 'prec', 'recall'. With supporting-fact
+  predictions ({id: [[title, sentence index], ...]}) and their golds, also 'sp_*' and 'joint_*':
+  joint precision = answer precision x sp precision, joint recall likewise, joint F1 from those,
+  joint EM = EM x sp EM. As in the official script, an id missing from a prediction dict scores 0
+  on that part and 0 on the joint metrics.
+  """
+  with_sp = supporting is not None
+  if with_sp and gold_supporting is None:
+    raise ValueError("supporting-fact predictions need gold_supporting to be scored against")
+  keys = ["em", "f1", "prec", "recall"]
+  if with_sp:
+    keys += [f"{part}_{name}" for part in ("sp", "joint") for name in ("em", "f1", "prec", "recall")]
+  totals = dict.fromkeys(keys, 0.0)
+  for qid, gold in golds.items():
+    answer = sp = None
+    if qid in answers:
+      f1, prec, recall = hotpot_answer_f1(answers[qid], gold)
+      answer = (exact_match(answers[qid], gold), f1, prec, recall)
+      for name, value in zip(("em", "f1", "prec", "recall"), answer):
+        totals[name] += value
+    if with_sp and qid in supporting:
+      sp = hotpot_supporting_facts(supporting[qid], gold_supporting[qid])
+      for name, value in zip(("sp_em", "sp_f1", "sp_prec", "sp_recall"), sp):
+        totals[name] += value
+    if answer is not None and sp is not None:
+      prec, recall = answer[2] * sp[2], answer[3] * sp[3]
+      totals["joint_em"] += answer[0] * sp[0]
+      totals["joint_f1"] += 2 * prec * recall / (prec + recall) if prec + recall else 0.0
+      totals["joint_prec"] += prec
+      totals["joint_recall"] += recall
+  n = max(len(golds), 1)
+  return {name: total / n for name, total in totals.items()}

@@ -77,7 +77,11 @@ def submodel_losses(per_example_loss: Callable, params, batch, rng, settings: Cm
 
 
 def combine(losses: jax.Array, settings: CmpSettings) -> jax.Array:
-  """float[B, c+1(, K)] -> the training loss (each of the K columns ranked separately, then averaged)."""
+  """float[B, c+1(, K)] -> the training loss.
+
+  'cmp': each of the K columns ranked separately, then averaged. 'regulariser': the primary loss
+  of the K-averaged losses plus the K-averaged ranking term (regularised_loss), as the reference.
+  """
   if losses.ndim == 2:
     losses = losses[..., None]
   if settings.num_submodels == 1:
@@ -85,12 +89,11 @@ def combine(losses: jax.Array, settings: CmpSettings) -> jax.Array:
   if settings.mode == "cmp":
     per_k = [comparative_loss(losses[..., k], settings.target, settings.temperature, settings.ranking)
              for k in range(losses.shape[-1])]
-  elif settings.mode == "regulariser":
-    per_k = [regularised_loss(losses[..., k], settings.primary, settings.weight, settings.temperature,
-                              settings.ranking, settings.skip_above) for k in range(losses.shape[-1])]
-  else:
-    raise ValueError(f"mode={settings.mode!r}: expected 'cmp' or 'regulariser'")
-  return sum(per_k) / len(per_k)
+    return sum(per_k) / len(per_k)
+  if settings.mode == "regulariser":
+    return regularised_loss(losses, settings.primary, settings.weight, settings.temperature, settings.ranking,
+                            settings.skip_above)
+  raise ValueError(f"mode={settings.mode!r}: expected 'cmp' or 'regulariser'")
 
 
 def make_loss_fn(per_example_loss: Callable, settings: CmpSettings):

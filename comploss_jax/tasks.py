@@ -9,8 +9,10 @@ class ClassificationTask:
   """A sentence(-pair) classification or regression task read from a tfds builder.
 
   text_keys: one or two text features; num_labels = 1 means regression (STS-B).
-  metrics: reported on dev and test; `select` picks the best dev checkpoint.
-  GLUE's test labels are hidden, so GLUE's dev split doubles as its reported test split.
+  metrics: reported on dev (and test); `select` picks the best dev checkpoint.
+  test_split: a held-out labelled split scored once with the selected params, or None. GLUE's test
+  labels are hidden, so GLUE has none: its dev split, which also selects the checkpoint, is
+  reported as dev, never as test.
   """
   name: str
   builder: str  # 'bbc' or 'glue'
@@ -20,11 +22,11 @@ class ClassificationTask:
   select: str
   train_split: str = "train"
   dev_split: str = "validation"
-  test_split: str = "validation"
+  test_split: str | None = None
 
 
 def _glue(name, labels, keys, metrics, dev="validation"):
-  return ClassificationTask(name, "glue", labels, keys, metrics, metrics[0], dev_split=dev, test_split=dev)
+  return ClassificationTask(name, "glue", labels, keys, metrics, metrics[0], dev_split=dev, test_split=None)
 
 
 TASKS = {

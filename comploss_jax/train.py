@@ -4,7 +4,10 @@
     python -m comploss_jax.train --config=configs/comploss/glue.py:task=rte --config.data.glue_dir=glue_data
 
 Trains from a pretrained encoder, evaluates on dev every epoch, keeps the best-on-dev params
-(`<workdir>/best/`), and at the end scores them on the test split into `<workdir>/results.json`.
+(`<workdir>/best/`), and writes `<workdir>/results.json`: their dev scores under "dev" (the split
+the best epoch was selected on, named by "selected_on"; optimistic) and, only for tasks with a
+held-out labelled test split (BBC), their test scores under "test". GLUE's test labels are hidden,
+so GLUE reports dev only.
 `config.cmp.n_drop = 0` is the plain baseline; n_drop = c trains on the comparative loss over the
 full model and c nested-dropout submodels, all in one vmapped, jitted, sharded step.
 """
@@ -52,7 +55,25 @@ def records_of(source) -> list[dict]:
 def settings_from(cmp_cfg) -> CmpSettings:
   return CmpSettings(n_drop=cmp_cfg.n_drop, n_crop=cmp_cfg.get("n_crop", 0), target=cmp_cfg.target, temperature=cmp_cfg.temperature,
                      ranking=cmp_cfg.ranking, mode=cmp_cfg.mode, primary=cmp_cfg.primary, weight=cmp_cfg.weight,
-                     remat=cmp_cfg.remat)
+                     skip_above=cmp_cfg.get("skip_above"), remat=cmp_cfg.remat)
+
+
+def subset_seed(config) -> int:
+  """The seed of the training subset: data.subset_seed, or the run's seed when it is negative (the
+  default), so that each seed of a sweep trains on its own articles (baseline and CmpLoss runs of
+  one seed still share theirs: their difference stays paired)."""
+  seed = config.data.get("subset_seed", -1)
+  return config.seed if seed < 0 else seed
+
+
+def training_subset(labels: np.ndarray, size: int | None, seed: int, stratified: bool) -> np.ndarray:
+  """Sorted indices of `size` training examples drawn with `seed` (all when size is None):
+  class-stratified for classification, uniform for regression (no classes to stratify by)."""
+  if stratified:
+    return stratified_subset(labels, size, seed)
+  if size is None or size >= len(labels):
+    return np.arange(len(labels))
+  return np.sort(np.random.default_rng(seed).permutation(len(labels))[:size])
 
 
 class BestKeeper:
@@ -94,12 +115,11 @@ def train(config, workdir: str) -> dict:
   splits = process_0_first(lambda: load_splits(task, config.data), "comploss data")
   train_records = records_of(splits[task.train_split])
   labels = np.asarray([r["label"] for r in train_records])
-  keep = stratified_subset(labels, config.data.train_size or None, config.data.subset_seed) \
-      if task.num_labels > 1 else np.arange(len(labels))[: config.data.train_size or None]
+  keep = training_subset(labels, config.data.train_size or None, subset_seed(config), task.num_labels > 1)
   encode = lambda recs: encode_classification(tokenizer, recs, task.text_keys, config.data.max_length)  # noqa: E731
   train_arrays = encode([train_records[i] for i in keep])
   dev_arrays = encode(records_of(splits[task.dev_split]))
-  test_arrays = encode(records_of(splits[task.test_split])) if task.test_split != task.dev_split else dev_arrays
+  test_arrays = encode(records_of(splits[task.test_split])) if task.test_split else None
 
   def per_example(params, inputs, rng, power):
     logits, _ = model.apply({"params": params}, inputs["input_ids"], inputs["attention_mask"],
@@ -155,7 +175,8 @@ def _chunk_placer(params, size: int):
 def fit(config, workdir, model, encoder_params, per_example, examples, dev, test, evaluate, select, info) -> dict:
   """The part every comparative-loss task shares: optimizer, sharded state from the pretrained
   encoder, the chain's loss in a trainkit step, the loop with per-epoch dev evaluation and
-  best-on-dev params, then the test score of the best params into results.json."""
+  best-on-dev params, then results.json: "dev" (the selection split's scores of the best params),
+  "selected_on" ('dev/<select>') and, when `test` (held-out arrays) is not None, "test"."""
   settings = settings_from(config.cmp)
   batch_size = submodel_batch_size(config.batch_size, settings.num_submodels, config.cmp.keep_compute_fixed)
   steps_per_epoch = max(len(examples) // batch_size, 1)
@@ -194,7 +215,9 @@ def fit(config, workdir, model, encoder_params, per_example, examples, dev, test
                                             state.params))
   results = {**info, "seed": config.seed, "n_drop": config.cmp.n_drop, "n_crop": config.cmp.get("n_crop", 0),
              "target": config.cmp.target, "steps": int(state.step), "best_step": keeper.best["step"],
-             "dev": keeper.best["dev"], "test": evaluate(best_params, test)}
+             "selected_on": f"dev/{select}", "dev": keeper.best["dev"]}
+  if test is not None:  # a held-out split, never seen by the selection
+    results["test"] = evaluate(best_params, test)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)

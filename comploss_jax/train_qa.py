@@ -7,7 +7,11 @@ SQuAD: sliding windows (max_length, stride), start/end cross-entropies compared 
 comparative loss, n-best span decoding, EM/F1 as the official script computes them.
 HotpotQA: question + 10 paragraphs; CmpCrop views keep every supporting paragraph and a nested,
 shrinking subset of distractors; yes/no answers are spans over a "yes no" prefix. Crops are drawn
-once per example with the run's seed.
+once per example with the run's seed. Answer EM/F1/precision/recall as hotpot_evaluate_v1.py
+(the model predicts no supporting facts, so no sp/joint scores).
+
+Both score only the public dev split, which also selects the best epoch: results.json reports it
+as "dev" (with "selected_on") and has no "test".
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from comploss_jax import datasets
 from comploss_jax.encoder_params import load_encoder, resolve_model_dir
 from comploss_jax.features import _text
 from comploss_jax.heads import SpanExtractor, span_losses
-from comploss_jax.metrics import squad_scores
+from comploss_jax.metrics import hotpot_scores, squad_scores
 from comploss_jax.qa_features import best_spans, hotpot_views, squad_windows
 from comploss_jax.train import fit, predict_in_batches, records_of
 
@@ -68,7 +72,7 @@ def train(config, workdir: str) -> dict:
     dev["offsets"] = np.stack([_offsets(tokenizer, r, config.data.max_length) for r in dev_records])
     dev["example_index"] = np.arange(len(dev_records), dtype=np.int32)
     dev["contexts"] = [_hotpot_context(r) for r in dev_records]
-    dev["golds"] = {_text(r["id"]): [_text(r["answer"])] for r in dev_records}
+    dev["golds"] = {_text(r["id"]): _text(r["answer"]) for r in dev_records}
     dev["ids"] = [_text(r["id"]) for r in dev_records]
 
   def per_example(params, inputs, rng, power):
@@ -81,11 +85,16 @@ def train(config, workdir: str) -> dict:
                                              x["token_type_ids"])[0])
 
   def evaluate(params, arrays) -> dict:
+    """Scores as fractions: SQuAD's official percentages / 100; HotpotQA's official fractions."""
     start, end = predict_in_batches(predict, params, arrays, config.eval_batch_size)
     answers = best_spans(start, end, arrays, arrays["contexts"], config.data.n_best, config.data.max_answer_tokens)
-    return {k: v / 100.0 for k, v in squad_scores(dict(zip(arrays["ids"], answers)), arrays["golds"]).items()}
+    predictions = dict(zip(arrays["ids"], answers))
+    if config.task == "hotpot":
+      return hotpot_scores(predictions, arrays["golds"])
+    return {k: v / 100.0 for k, v in squad_scores(predictions, arrays["golds"]).items()}
 
-  return fit(config, workdir, model, encoder_params, per_example, examples, dev, dev, evaluate, "f1",
+  # No held-out test: the dev split both selects the epoch and is what results.json reports.
+  return fit(config, workdir, model, encoder_params, per_example, examples, dev, None, evaluate, "f1",
              {"task": config.task, "train_size": len(train_records)})
 
 

@@ -9,6 +9,7 @@ import pytest
 from comploss_jax import (CmpSettings, EncoderConfig, NestedDropout, SequenceClassifier, SpanExtractor,
                           classification_losses, make_loss_fn, span_losses, submodel_batch_size,
                           submodel_schedule, submodel_losses)
+from comploss_jax.ablation import powered_rate
 
 B, T = 4, 12
 
@@ -54,6 +55,22 @@ def test_nested_dropout_masks_nest_and_power_zero_is_identity():
     rate = 1 - 0.9 ** k
     assert 1 - kept[k].mean() == pytest.approx(rate, abs=0.01)
     np.testing.assert_allclose(np.asarray(outs[k])[kept[k]], 1 / (1 - rate), rtol=1e-6)
+
+
+def test_nested_dropout_scales_bf16_inputs_in_float32():
+  # Kept units are x * (1/(1-p_k)) computed in float32 and rounded once to bf16. With the scale
+  # itself rounded to bf16 first (1/0.9 -> 1.109375), 1.1 would become 1.21875 instead of 1.2265625.
+  x = jnp.full((64, 256), 1.1, jnp.bfloat16)
+  for k in (1, 2, 3):
+    out = NestedDropout(0.1).apply({}, x, deterministic=False, power=k, rngs={"dropout": jax.random.PRNGKey(3)})
+    assert out.dtype == jnp.bfloat16
+    kept = np.asarray(out.astype(jnp.float32))[np.asarray(out.astype(jnp.float32)) != 0]
+    scale = 1 / (1 - np.float32(powered_rate(0.1, k)))
+    once = float(jnp.asarray(np.float32(x[0, 0]) * np.float32(scale), jnp.bfloat16))
+    twice = float(x[0, 0] * jnp.asarray(scale, jnp.bfloat16))
+    assert len(kept) and np.all(kept == once)
+    if k in (1, 3):
+      assert once != twice  # so the check above tells the two apart
 
 
 # Sites: embeddings, then attention probs / attention output / FFN output (each stacked over the

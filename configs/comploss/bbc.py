@@ -6,6 +6,8 @@
 Arg string: train_size (training examples, class-stratified; 0 = all 1,558), c (dropout submodels;
 0 = baseline), seed, epochs, seeds (how many seeds sweep() runs), max_length (tokens of each
 article read: the headline and first sentences carry the topic).
+data.subset_seed: -1 (default) draws the training subset with the run's seed, so each seed trains on
+its own articles (a seed's baseline and CmpLoss runs share them); >= 0 fixes one subset for all seeds.
 """
 from configs.comploss.common import base_config, parse
 
@@ -15,7 +17,7 @@ def get_config(arg: str = ""):
   return base_config(
       trainer="comploss_jax.train", task="bbc", model="all-minilm-l6-v2", seed=a["seed"], epochs=a["epochs"],
       n_drop=a["c"], learning_rate=2e-4, batch_size=16,
-      data=dict(bbc_dir="", glue_dir="", max_length=a["max_length"], train_size=a["train_size"], subset_seed=0))
+      data=dict(bbc_dir="", glue_dir="", max_length=a["max_length"], train_size=a["train_size"], subset_seed=-1))
 
 
 def sweep(arg: str = ""):

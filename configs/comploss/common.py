@@ -1,5 +1,6 @@
 """Fields shared by the comparative-loss configs (imported by path-loaded config files)."""
 import ml_collections
+from ml_collections import config_dict
 
 from configs.common import parse  # noqa: F401  (re-exported for the config files)
 
@@ -15,8 +16,12 @@ def base_config(*, trainer, task, model, seed, epochs, n_drop, n_crop=0, target=
   config.rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
                   ("vocab", "tensor"))
   config.data = dict(tfds_dir="", **data)
+  # Regulariser mode (mode="regulariser"): primary + weight * ranking; skip_above leaves the ranking
+  # term out while the batch-mean primary loss is above it (the reference's schedule uses 1.1).
+  # A float placeholder, so that the locked config takes --config.cmp.skip_above=1.1.
   config.cmp = dict(n_drop=n_drop, n_crop=n_crop, target=target, temperature=1.0, ranking="hinge", mode="cmp",
-                    primary="max", weight=1.0, remat=False, keep_compute_fixed=False)
+                    primary="max", weight=1.0, skip_above=config_dict.placeholder(float), remat=False,
+                    keep_compute_fixed=False)
   config.batch_size = batch_size
   config.eval_batch_size = 64
   config.epochs = epochs

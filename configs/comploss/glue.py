@@ -23,7 +23,7 @@ def get_config(arg: str = ""):
   config = base_config(
       trainer="comploss_jax.train", task=a["task"], model="all-minilm-l6-v2", seed=a["seed"], epochs=epochs,
       n_drop=c if a["c"] < 0 else a["c"], target=target, learning_rate=lr, batch_size=32,
-      data=dict(bbc_dir="", glue_dir="", max_length=128, train_size=0, subset_seed=0))
+      data=dict(bbc_dir="", glue_dir="", max_length=128, train_size=0, subset_seed=-1))
   config.optimizer.weight_decay = 0.01
   return config
 

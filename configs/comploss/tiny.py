@@ -13,7 +13,7 @@ def get_config(arg: str = ""):
   config = base_config(
       trainer="comploss_jax.train", task="bbc", model="all-minilm-l6-v2", seed=a["seed"], epochs=a["epochs"],
       n_drop=a["c"], learning_rate=2e-4, batch_size=8,
-      data=dict(bbc_dir="", glue_dir="", max_length=32, train_size=a["train_size"], subset_seed=0))
+      data=dict(bbc_dir="", glue_dir="", max_length=32, train_size=a["train_size"], subset_seed=-1))
   config.log_every = 1
   config.eval_batch_size = 64
   return config
