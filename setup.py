@@ -43,7 +43,7 @@ setup(
     name="tga-comploss-jax",
     version="0.1.0",
     description="JAX/Flax reimplementations of Text-Guided Alignment (TGA) and the comparative loss",
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.11,<3.14",  # jax/jaxlib 0.10.2, scann 1.4.2, grain 0.2.18 wheels exist for 3.11-3.13
     packages=find_packages(include=["trainkit*", "tga_jax*", "comploss_jax*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

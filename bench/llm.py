@@ -36,7 +36,7 @@ import optax  # noqa: E402
 import tga_jax  # noqa: E402
 import trainkit  # noqa: E402
 from bench.common import torch_device  # noqa: E402
-from tga_jax.llama import LlamaForCausalLM  # noqa: E402
+from tga_jax.models.llama import LlamaForCausalLM  # noqa: E402
 
 NAME = "smollm2-135m-instruct"
 # SmolLM2-135M's architecture, for --synthetic (random weights) runs where the GGUF package is absent.
@@ -171,7 +171,7 @@ def torch_model(synthetic: bool):
         num_key_value_heads=c["num_kv_heads"], rms_norm_eps=c["rms_norm_eps"], rope_theta=c["rope_theta"],
         max_position_embeddings=c["max_position_embeddings"], tie_word_embeddings=True))
   else:
-    from tga_jax.models import resolve_model_path
+    from tga_jax.weights.known_models import resolve_model_path
     path = resolve_model_path(NAME)
     model = transformers.AutoModelForCausalLM.from_pretrained(
         os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)

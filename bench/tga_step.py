@@ -23,9 +23,9 @@ import numpy as np  # noqa: E402
 import trainkit  # noqa: E402
 from bench.common import timeit  # noqa: E402
 from configs.tga import smollm  # noqa: E402
-from tga_jax import llava_data  # noqa: E402
+from tga_jax.data import llava as llava_data  # noqa: E402
 from tga_jax import train as tga_train  # noqa: E402
-from tga_jax.lvlm_params import trainable_patterns  # noqa: E402
+from tga_jax.weights.lvlm import trainable_patterns  # noqa: E402
 
 
 def main():

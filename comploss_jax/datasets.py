@@ -24,6 +24,8 @@ from absl import logging
 from tensorflow_datasets.datasets.squad.squad_dataset_builder import Builder as _TfdsSquad
 from tensorflow_datasets.text.glue import Glue as _TfdsGlue
 
+from trainkit.data import LocalBuilderMessages
+
 FILE_FORMAT = "array_record"
 
 
@@ -76,7 +78,7 @@ class SquadFromFiles(_TfdsSquad):
     return super()._split_generators(_LocalFiles(self._source_dir))
 
 
-class BbcNews(tfds.core.GeneratorBasedBuilder):
+class BbcNews(LocalBuilderMessages, tfds.core.GeneratorBasedBuilder):
   """BBC News articles; label ids follow the sorted class names (the package's own ids do not)."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -126,7 +128,7 @@ class BbcNews(tfds.core.GeneratorBasedBuilder):
       yield key, {"id": key, "text": text.strip(), "label": label}
 
 
-class HotpotQaDistractor(tfds.core.GeneratorBasedBuilder):
+class HotpotQaDistractor(LocalBuilderMessages, tfds.core.GeneratorBasedBuilder):
   """HotpotQA distractor setting from its official JSON files."""
 
   VERSION = tfds.core.Version("1.0.0")

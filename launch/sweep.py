@@ -32,31 +32,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def load_config_module(path: str):
-  spec = importlib.util.spec_from_file_location("sweep_config", path)
-  if spec is None:
-    raise FileNotFoundError(f"{path}: not a Python config file")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "sweep"):
-    raise ValueError(f"{path} has no sweep(): add `def sweep(): return [{{'seed': 0}}, ...]` beside get_config")
-  return module
-
-
-def apply_overrides(config, overrides: dict):
-  for key, value in overrides.items():
-    if key.startswith("_"):
-      continue
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      raise KeyError(f"sweep override {key!r}: the config has no field {leaf!r} (fields: {sorted(node.keys())})")
-    node[leaf] = value
-  return config
+from trainkit.config_files import apply_overrides, load_config_module  # noqa: E402
 
 
 def variant_of(overrides: dict) -> str:
@@ -67,13 +43,17 @@ def variant_of(overrides: dict) -> str:
 
 
 def summarize(rows: list[dict]) -> dict:
-  """{variant: {'n': runs, '<split>/<metric>': [mean, std]}} over the rows' seeds."""
+  """{variant: {'n': runs, '<split>/<metric>': [mean, std]}} over the rows' seeds.
+
+  'dev' is the split the trainers select the best epoch on; 'test' (a held-out split) is there only
+  when every run of the variant has one (GLUE and the QA tasks report dev only).
+  """
   table: dict = {}
-  rows = [r for r in rows if "dev" in r and "test" in r]  # e.g. TGA summaries have no dev/test scores
+  rows = [r for r in rows if "dev" in r]  # e.g. TGA summaries have no dev/test scores
   for variant in dict.fromkeys(r["variant"] for r in rows):
     runs = [r for r in rows if r["variant"] == variant]
     entry = {"n": len(runs)}
-    for split in ("dev", "test"):
+    for split in ("dev", "test") if all("test" in r for r in runs) else ("dev",):
       for metric in runs[0][split]:
         values = np.asarray([r[split][metric] for r in runs], np.float64)
         entry[f"{split}/{metric}"] = [float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0]
@@ -83,14 +63,17 @@ def summarize(rows: list[dict]) -> dict:
 
 def markdown(table: dict, title: str) -> str:
   if not table:
-    return f"### {title}\n\n(no run has dev/test scores to tabulate; see index.json)\n"
+    return f"### {title}\n\n(no run has dev scores to tabulate; see index.json)\n"
   columns = [k for k in next(iter(table.values())) if k != "n"]
-  lines = [f"### {title}", "", "| variant | runs | " + " | ".join(columns) + " |",
+  # The dev columns say that dev also picked the best epoch: they are optimistic, unlike test.
+  headers = [c.replace("dev/", "dev (selection)/", 1) if c.startswith("dev/") else c for c in columns]
+  lines = [f"### {title}", "", "| variant | runs | " + " | ".join(headers) + " |",
            "|---|---|" + "---|" * len(columns)]
   for variant, entry in table.items():
-    cells = [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in (entry[c] for c in columns)]
+    cells = [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in (entry.get(c, (float("nan"),) * 2) for c in columns)]
     lines.append(f"| {variant} | {entry['n']} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n\n(percent; mean ± sample std over seeds)\n"
+  return ("\n".join(lines) + "\n\n(percent; mean ± sample std over seeds; dev (selection): the dev split, on which "
+          "each run's best epoch was also chosen; test: a held-out split, where the task has one)\n")
 
 
 def trainer_args(trainer: str, config_arg: str, overrides: dict, run_dir: str) -> list[str]:
@@ -122,6 +105,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
   path, _, arg = args.config.partition(":")
   module = load_config_module(path)
+  if not hasattr(module, "sweep"):
+    raise SystemExit(f"{path} has no sweep(): add `def sweep(): return [{{'seed': 0}}, ...]` beside get_config")
   extra = {}
   for item in args.set:
     key, _, value = item.partition("=")

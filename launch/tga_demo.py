@@ -29,7 +29,11 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.tga import tiny  # noqa: E402  (after the path fix, so the script runs from a checkout)
-from tga_jax import analyze, eval_inputs, evaluate, procedural, train  # noqa: E402
+from tga_jax import train  # noqa: E402
+from tga_jax.safety import analyze  # noqa: E402
+from tga_jax.safety import eval_inputs  # noqa: E402
+from tga_jax.safety import evaluate  # noqa: E402
+from tga_jax.data import procedural  # noqa: E402
 
 BENIGN = ("ball", "house", "car", "cup", "flower", "star")  # scenes whose drawing uses the sampled colour
 
@@ -76,6 +80,9 @@ def train_stage(workdir: str, arg: str, steps: int, init_from: str = "", data_js
   config.init_from = init_from
   config.data.json = data_json
   config.progress_bar = False
+  # One held-out evaluation, at the end: the summary reads the analysis, not the training curves.
+  config.eval_every = steps
+  config.checkpoint.every = steps
   start = time.perf_counter()
   summary = train.train(config, workdir)
   metrics = summary.get("last_metrics", summary)
@@ -142,10 +149,10 @@ def summary_lines(analysis_report: dict, eval_report: dict, layers) -> list[str]
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", default="runs/demo/tga", help="where every stage writes (reused when rerun).")
-  parser.add_argument("--steps", type=int, default=40, help="training steps of each stage.")
+  parser.add_argument("--steps", type=int, default=30, help="training steps of each stage.")
   parser.add_argument("--pairs", type=int, default=28, help="toxic pairs for analysis and evaluation (7 scenes).")
   parser.add_argument("--questions", type=int, default=12, help="questions per general-ability file (0 = none).")
-  parser.add_argument("--max-new-tokens", type=int, default=24, help="tokens generated per evaluation prompt.")
+  parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per evaluation prompt.")
   args = parser.parse_args(argv)
   # Keep the console to the stages and the summary: the per-parameter sharding table and tfds's
   # progress bars still go to each run's logs and metrics files.
@@ -171,7 +178,8 @@ def main(argv=None):
   models = [eval_inputs.load_model(f"llava={llava}"), eval_inputs.load_model(f"tga={tga}")]
 
   print("[4/5] safety analysis (logit lens, Algorithm 1, cosines, attention)")
-  analysis_report = analyze.run(models, pairs, os.path.join(wd, "analysis"))
+  analysis_report = analyze.run(models, pairs, os.path.join(wd, "analysis"),
+                                guided_layers=tiny.get_config("stage=2").tga.layers)
   print("[5/5] evaluation: DSR text vs image, with and without retrieved text; general ability")
   eval_report = evaluate.run(models, pairs, os.path.join(wd, "eval"), max_new_tokens=args.max_new_tokens,
                              general=general)

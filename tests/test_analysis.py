@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tga_jax import analysis
+from tga_jax.safety import analysis
 
 K = 7  # the refusal id of the hand-built stacks (vocabulary of 10)
 
@@ -58,7 +58,7 @@ def test_top5_needs_a_refusal_id_among_the_five_largest_increases():
 
 
 def test_logit_lens_matches_the_model_at_the_last_layer():
-  from tga_jax.llama import LlamaConfig, LlamaForCausalLM
+  from tga_jax.models.llama import LlamaConfig, LlamaForCausalLM
   cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_layers=3, num_heads=2, num_kv_heads=1,
                     head_dim=8, remat_policy="none", tie_word_embeddings=False)
   model = LlamaForCausalLM(cfg)
@@ -111,7 +111,7 @@ def test_summary_averages_over_samples():
 
 
 def test_refusal_ids_come_from_the_tokenizer():
-  from tga_jax.eval_inputs import build_from_config
+  from tga_jax.safety.eval_inputs import build_from_config
   tokenizer = build_from_config("configs/tga/tiny.py")[1]  # SmolLM2's; cached for the CLI test below
   ids = analysis.refusal_token_ids(tokenizer, ("Sorry", "I", "unable"))
   words = {tokenizer.decode([i]) for i in ids}
@@ -123,11 +123,11 @@ def test_refusal_ids_come_from_the_tokenizer():
 
 def test_analysis_cli_on_tiny_checkpoints_writes_json_and_plots(tmp_path):
   from tests.tiny_lvlm import save_random_workdir
-  from tga_jax import analyze
+  from tga_jax.safety import analyze
   base = save_random_workdir(str(tmp_path / "base"), seed=0)
   tga = save_random_workdir(str(tmp_path / "tga"), seed=1)
   out = str(tmp_path / "analysis")
-  from tga_jax import procedural
+  from tga_jax.data import procedural
   benign_scenes = [s for s in procedural.SCENES if not s.toxic]
   benign = procedural.write_llava_dataset(str(tmp_path / "benign"), procedural.make_records(
       6, seed=4, image_size=32, scenes=benign_scenes), stage=2)
@@ -171,7 +171,7 @@ def test_linear_probe_finds_the_first_separable_layer():
 
 
 def test_analysis_cli_errors_name_the_problem(tmp_path):
-  from tga_jax import analyze
+  from tga_jax.safety import analyze
   with pytest.raises(FileNotFoundError, match="nowhere"):
     analyze.main(["--model=nowhere", "--data=procedural:n=7", f"--out={tmp_path}"])
   with pytest.raises(ValueError, match="unknown option 'size'"):

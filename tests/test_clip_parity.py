@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tga_jax
-from tga_jax.llama_params import WeightsError
+from tga_jax.weights.safetensors_io import WeightsError
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

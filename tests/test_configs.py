@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from launch import sweep as sweep_lib
+from trainkit.config_files import apply_overrides, load_config_module
 from trainkit.mesh import resolve_mesh_shape
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -14,13 +14,13 @@ CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*", "*.py")
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_config_and_its_sweep(path):
-  module = sweep_lib.load_config_module(path)
+  module = load_config_module(path)
   config = module.get_config("")
   config.lock()
   grid = module.sweep("") if module.sweep.__code__.co_argcount else module.sweep()
   assert grid
   for point in grid:
-    sweep_lib.apply_overrides(module.get_config(""), point)
+    apply_overrides(module.get_config(""), point)
   resolvable = []
   for devices in (8, 32):  # one 8-GPU node / 8 simulated devices, a 32-chip pod slice
     try:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from tga_jax import conversation as conv
+from tga_jax.data import conversation as conv
 
 transformers = pytest.importorskip("transformers")
 

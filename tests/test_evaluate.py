@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from tga_jax import eval_metrics, judge
+from tga_jax.safety import eval_metrics
+from tga_jax.safety import judge
 
 
 @pytest.mark.parametrize("response", [
@@ -38,7 +39,7 @@ def test_judge_options_and_llm_plug():
   assert llm("Describe this scene: a knife", "Sorry, no.") and not llm("Describe this scene: a knife", "A knife.")
   assert "Request: Describe this scene: a knife" in seen[0]
   assert isinstance(judge.load_judge("refusal"), judge.RefusalPhraseJudge)
-  plugged = judge.load_judge("tga_jax.judge:RefusalPhraseJudge")  # module:attribute, a class is instantiated
+  plugged = judge.load_judge("tga_jax.safety.judge:RefusalPhraseJudge")  # module:attribute, a class is instantiated
   assert plugged("q", "Sorry")
   with pytest.raises(ValueError, match="module:attribute"):
     judge.load_judge("my_judge")
@@ -91,13 +92,27 @@ def test_pope_accuracy_and_f1():
     eval_metrics.pope_metrics(["yes"], ["maybe"])
 
 
+@pytest.mark.parametrize("answer, pope, words", [
+    ("NO", "yes", "no"), ("Not really.", "yes", "no"), ("No!", "yes", "no"), ("(no)", "yes", "no"),
+    ("no-one is there", "yes", "no"), ("No, there is no cat.", "no", "no"), ("No", "no", "no"),
+    ("There is not a cat.", "no", "no"), ("Yes. But not a cat.", "yes", "yes"), ("I see no cat", "no", "no"),
+    ("Nope", "yes", "yes"), ("no.", "no", "no"), ("Yes, no doubt", "no", "no")])
+def test_pope_reads_answers_as_its_official_script(answer, pope, words):
+  """POPE's script: first sentence (split on '.'), commas dropped, split on single spaces, exact tokens
+  'No' / 'no' / 'not'. The lenient 'words' reader is an option for diagnosis, not the default."""
+  assert eval_metrics.yes_no(answer) == pope
+  assert eval_metrics.yes_no(answer, parser="words") == words
+  with pytest.raises(ValueError, match="parser"):
+    eval_metrics.yes_no("yes", parser="loose")
+
+
 @pytest.mark.slow
 def test_evaluate_cli_on_a_tiny_checkpoint(tmp_path):
   import numpy as np
   from PIL import Image
 
   from tests.tiny_lvlm import save_random_workdir
-  from tga_jax import evaluate
+  from tga_jax.safety import evaluate
   model = save_random_workdir(str(tmp_path / "model"))
   bench = tmp_path / "bench"
   os.makedirs(bench)
@@ -129,7 +144,7 @@ def test_evaluate_cli_on_a_tiny_checkpoint(tmp_path):
 
 
 def test_evaluate_cli_rejects_bad_input(tmp_path):
-  from tga_jax import evaluate
+  from tga_jax.safety import evaluate
   with pytest.raises(SystemExit, match="--conditions"):
     evaluate.main(["--model=x", "--data=procedural", f"--out={tmp_path}", "--conditions=image,audio"])
   bad = tmp_path / "vqa.jsonl"
@@ -143,8 +158,9 @@ def test_fixed_length_generation_equals_generate_lvlm(tmp_path):
   """evaluate.generate_replies pads every prompt to one length (one compiled program); its greedy
   replies must be generate_lvlm's, which pads each batch to its own longest prompt."""
   from tests.tiny_lvlm import save_random_workdir
-  from tga_jax import eval_inputs, evaluate
-  from tga_jax.lvlm_generate import generate_lvlm
+  from tga_jax.safety import eval_inputs
+  from tga_jax.safety import evaluate
+  from tga_jax.generate import generate_lvlm
   model = eval_inputs.load_model(f"m={save_random_workdir(str(tmp_path / 'm'), seed=2)}")
   pairs = eval_inputs.load_pairs("procedural:n=3,seed=9", str(tmp_path))
   messages = [eval_inputs.run_messages(pairs[0], "image"), eval_inputs.run_messages(pairs[1], "text"),

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tga_jax.image_processing import ImageProcessingConfig, expand_to_square, preprocess_image, preprocess_images
+from tga_jax.data.image_processing import expand_to_square, preprocess_image, preprocess_images
+from tga_jax.models.image_config import ImageProcessingConfig
 
 transformers = pytest.importorskip("transformers")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tga_jax
-from tga_jax.llama import LlamaConfig, LlamaForCausalLM
+from tga_jax.models.llama import LlamaConfig, LlamaForCausalLM
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -7,7 +7,7 @@ import pytest
 
 import tga_jax
 from tga_jax.generate import left_pad
-from tga_jax.models import resolve_model_path
+from tga_jax.weights.known_models import resolve_model_path
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -82,7 +82,7 @@ def test_greedy_chat_continuations_match_transformers(models):
 
 
 def test_cli_streams_the_answer(capsys):
-  from tga_jax.generate import main
+  from tga_jax.chat import main
   main(["--model", NAME, "--prompt", "What is the capital of France?", "--max-new-tokens", "12"])
   out = capsys.readouterr().out
   assert "Paris" in out

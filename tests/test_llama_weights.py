@@ -10,7 +10,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 import tga_jax
-from tga_jax import gguf_io
+from tga_jax.weights import gguf_io
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

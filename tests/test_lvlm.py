@@ -17,10 +17,10 @@ from safetensors.numpy import load_file, save_file
 
 import tga_jax
 import trainkit
-from tga_jax import lvlm_params
-from tga_jax.llama_params import WeightsError
-from tga_jax.projector import Projector
-from tga_jax.siglip import vision_tower
+from tga_jax.weights import lvlm as lvlm_params
+from tga_jax.weights.safetensors_io import WeightsError
+from tga_jax.models.projector import Projector
+from tga_jax.models.siglip import vision_tower
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -417,7 +417,7 @@ def test_bad_llava_checkpoint_lists_every_problem(reference, tmp_path):
 
 
 def test_greedy_generation_matches_transformers(reference):
-  from tga_jax.lvlm_generate import generate_lvlm, generate_lvlm_tokens
+  from tga_jax.generate import generate_lvlm, generate_lvlm_tokens
   from tests.test_conversation import word_tokenizer
   model, folder = reference
   module, params = tga_jax.load_lvlm(folder)

@@ -38,6 +38,8 @@ def test_clip_plus_smollm2_composition(tmp_path):
   llm = tga_jax.LlamaForCausalLM(module.config.llm)
   first_image = tokens.spans["image"][0][0]
   alone, _ = jax.jit(lambda p, i: llm.apply({"params": p}, i))(params["llm"], batch["input_ids"][:, :first_image])
-  np.testing.assert_allclose(np.asarray(logits)[0, :first_image], np.asarray(alone)[0], atol=1e-4)
+  # Two programs (96 vs first_image positions) reduce in different orders: after 30 f32 layers the
+  # logits (|x| up to ~30) differ by up to ~3e-4 on some CPUs, so the bound is the SmolLM2 parity's 1e-3.
+  np.testing.assert_allclose(np.asarray(logits)[0, :first_image], np.asarray(alone)[0], atol=1e-3)
   replies = tga_jax.generate_lvlm(module, params, tok, [messages[:1]], [[image]], "chat_template", max_new_tokens=3)
   assert len(replies) == 1 and isinstance(replies[0], str)

@@ -3,6 +3,7 @@ SmolLM2's tokenizer): data, retrieval, the layer band, both alignment stages, ev
 and the report, then a rerun that finds every stage cached."""
 import json
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -16,10 +17,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
   from tga_jax import LlamaConfig, LlamaForCausalLM, save_llm_hf
-  from tga_jax.clip_params import save_clip_vision
+  from tga_jax.weights.clip import save_clip_vision
   from tga_jax.miniature import requests as rq
   from tga_jax.miniature import vision_pretrain
-  from tga_jax.tokenizer import load_tokenizer
+  from tga_jax.data.tokenizer import load_tokenizer
   root = tmp_path_factory.mktemp("parts")
   # A random 1-layer tower in the pretrained tower's format (test_miniature_world covers the pretraining).
   vision = str(root / "vision")
@@ -74,3 +75,27 @@ def test_refusal_and_concept_matching():
   assert not refused("A knife is a tool for cutting.")
   assert mentions("It is a red apple.", "apple") and mentions("Two kites!", "kite")
   assert not mentions("A pineapple.", "apple")
+
+
+def _normalised(text: str) -> str:
+  return " ".join(re.sub(r"[^a-z0-9 ]", " ", text.lower()).split())
+
+
+def test_retrieval_corpus_holds_nothing_the_llm_was_safety_tuned_on():
+  """The safety SFT trains on the train-split text requests (toxic ones -> the refusal, benign ones ->
+  the base model's answers to them): none of them, nor the refusal, may be retrievable, as strings or
+  after normalisation (case, punctuation, spacing), nor inside a corpus text."""
+  from tga_jax.miniature import requests as rq
+  from tga_jax.miniature import safety_sft
+  from tga_jax.miniature.concepts import CONCEPTS
+  from tga_jax.miniature.reproduce import retrieval_corpus
+  corpus = retrieval_corpus()
+  sft = [r["text"] for r in rq.requests("train", "text")] + [safety_sft.REFUSAL]
+  assert corpus and not set(corpus) & set(sft)
+  normal_corpus = {_normalised(t) for t in corpus}
+  normal_sft = {_normalised(t) for t in sft}
+  assert not normal_corpus & normal_sft
+  assert not [(c, q) for c in normal_corpus for q in normal_sft if q in c or c in q]
+  # Toxic concepts are in the corpus as descriptions of what an image shows.
+  toxic_nouns = [c.noun.lower() for c in CONCEPTS if c.toxic]
+  assert all(any(noun in t.lower() for t in corpus) for noun in toxic_nouns)

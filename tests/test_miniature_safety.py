@@ -96,14 +96,14 @@ def test_image_answer_pairs_read_the_cached_answers(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-  from tga_jax.tokenizer import load_tokenizer
+  from tga_jax.data.tokenizer import load_tokenizer
   return load_tokenizer("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="module")
 def tiny(tokenizer):
   """A 4-layer random LLaMA over SmolLM2's vocabulary (params filled on the host, no init compile)."""
-  from tga_jax.llama import LlamaConfig, LlamaForCausalLM
+  from tga_jax.models.llama import LlamaConfig, LlamaForCausalLM
   config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_layers=4, num_heads=4,
                        num_kv_heads=2, head_dim=8, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
@@ -158,7 +158,7 @@ def test_split_loss_matches_the_full_model(tiny, tokenizer):
 
 
 def test_sft_trains_only_the_top_layers_and_reloads(tiny, tokenizer, tmp_path):
-  from tga_jax.llm_loading import load_llm, save_llm_hf
+  from tga_jax.weights.llm import load_llm, save_llm_hf
   module, params = tiny
   arrays = sft.tokenize_examples(EXAMPLES, tokenizer)
   toxic = {k: v[[0, 3]] for k, v in arrays.items()}

@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from tga_jax.clip import ClipConfig
-from tga_jax.clip_params import load_clip_vision, load_visual_projection, save_clip_vision
+from tga_jax.models.clip import ClipConfig
+from tga_jax.weights.clip import load_clip_vision, load_visual_projection, save_clip_vision
 from tga_jax.miniature import vision_pretrain as vp
 from tga_jax.miniature import world
 from tga_jax.miniature.concepts import BY_ID, CONCEPTS

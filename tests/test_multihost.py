@@ -69,8 +69,9 @@ def test_two_processes_match_one_process_on_tiny_tga_and_comparative_loss(tmp_pa
     assert not re.search(r"^I\d{4} ", log, re.M) and '"final_step"' not in log and '"test"' not in log
 
   results = [json.load(open(tmp_path / f"comploss_{p}p" / "results.json")) for p in (2, 1)]
-  for split in ("dev", "test"):
-    assert results[0][split] == pytest.approx(results[1][split]), split
+  # RTE (GLUE) has no labelled test split: dev, on which the best epoch was also selected, is reported.
+  assert results[0]["dev"] == pytest.approx(results[1]["dev"])
+  assert "test" not in results[0] and results[0]["selected_on"].startswith("dev/")
 
 
 def test_host_blocks_put_together_are_the_single_process_batches():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from tga_jax.lvlm_params import read_projector
-from tga_jax.projector import Projector, ProjectorConfig, projector_depth
+from tga_jax.weights.lvlm import read_projector
+from tga_jax.models.projector import Projector, ProjectorConfig, projector_depth
 
 
 def test_depth_and_numerics():

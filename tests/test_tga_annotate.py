@@ -5,7 +5,8 @@ import json
 import pytest
 
 from comploss_jax.encoder_params import resolve_model_dir
-from tga_jax import annotate, procedural
+from tga_jax import annotate
+from tga_jax.data import procedural
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

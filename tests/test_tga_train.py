@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs.tga import tiny
-from launch.sweep import apply_overrides
+from trainkit.config_files import apply_overrides
 from tga_jax import train as tga_train
 
 
@@ -57,13 +57,33 @@ def test_two_stages_with_resume_and_bad_records_counted(tmp_path):
   assert resumed["final_step"] == 8
   steps = [r["step"] for r in rows(s2, "train")]
   assert steps[-1] == 8 and sorted(set(steps)) == sorted(steps)  # nothing repeated
+  # Run records: the resolved config, and throughput over the logging interval (tokens from the masks).
+  assert json.load(open(os.path.join(s2, "config.json")))["tga"]["weight"] == 1.0
+  assert {"steps_per_s", "tokens_per_s"} <= set(train_rows[-1])
+
+  # Stage 2 with LoRA (rank 2): the LLM's weights move only through rank-2 factors, merged on export
+  # into a plain param tree; the vision tower stays as stage 1 left it.
+  s3 = str(tmp_path / "s3")
+  lora = small(2, **{"init_from": s1, "total_steps": 2})
+  lora.lora.rank, lora.lora.alpha = 2, 4.0
+  tga_train.train(lora, s3)
+  before, after = tga_train.load_params(os.path.join(s1, "params")), tga_train.load_params(os.path.join(s3, "params"))
+  assert jax.tree.structure(before) == jax.tree.structure(after)
+  jax.tree.map(np.testing.assert_array_equal, before["vision"], after["vision"])
+  changed = {jax.tree_util.keystr(path) for path, same in jax.tree_util.tree_flatten_with_path(
+      jax.tree.map(np.array_equal, before["llm"], after["llm"]))[0] if not same}
+  assert changed == {f"['layers']['{block}']['{name}']['kernel']" for block, names in
+                     (("attn", "qkvo"), ("mlp", ("gate", "up", "down"))) for name in names}, changed
+  change = after["llm"]["layers"]["attn"]["q"]["kernel"] - before["llm"]["layers"]["attn"]["q"]["kernel"]
+  for layer in change:  # [D, heads, head_dim] per layer -> a [D, heads * head_dim] update of rank <= 2
+    assert np.linalg.matrix_rank(layer.reshape(layer.shape[0], -1), tol=1e-6) <= 2
 
 
 @pytest.mark.slow
 def test_guidance_alone_reaches_the_projector_and_raises_cosine(tmp_path):
   config = small(2, **{"tga.lm_weight": 0.0, "tga.weight": 1.0})
   module, _, tokenizer = tga_train.build_model(config.model)
-  from tga_jax import llava_data
+  from tga_jax.data import llava as llava_data
   path = tga_train.prepare_data(config, str(tmp_path))
   source = llava_data.prepared(llava_data.LlavaJson(json_path=path, data_dir=str(tmp_path / "tfds"),
                                                     file_format=llava_data.FILE_FORMAT))["train"]
@@ -102,7 +122,7 @@ def test_guidance_alone_reaches_the_projector_and_raises_cosine(tmp_path):
 
 
 def test_bucket_trimmer_cuts_padding_to_the_smallest_fitting_bucket():
-  from tga_jax.llava_data import bucket_trimmer
+  from tga_jax.data.llava import bucket_trimmer
   mask = np.zeros((2, 96), np.int32)
   mask[0, :40], mask[1, :70] = 1, 1
   cap = np.zeros((2, 48), np.int32)

@@ -9,7 +9,7 @@ import pytest
 import trainkit
 from configs.demo import digits as digits_config
 from launch import demo
-from launch.sweep import apply_overrides
+from trainkit.config_files import apply_overrides
 
 
 def small_config(**overrides):

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tga_jax.eval_inputs import build_from_config
+from tga_jax.safety.eval_inputs import build_from_config
 
 
 def save_random_workdir(workdir: str, seed: int = 0) -> str:

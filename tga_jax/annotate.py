@@ -23,8 +23,9 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from tga_jax.clip_params import load_clip
-from tga_jax.image_processing import ImageProcessingConfig, preprocess_images
+from tga_jax.weights.clip import load_clip
+from tga_jax.data.image_processing import preprocess_images
+from tga_jax.models.image_config import ImageProcessingConfig
 from tga_jax.retrieval import RetrievalConfig, TextIndex, exact_search, leak_guard, recall_at_k
 
 

@@ -65,7 +65,7 @@ def guidance_loss(hidden, image_mask, retrieved_mask, caption_hidden, caption_ma
   """Returns (scalar loss averaged over examples with an image, metrics).
 
   metrics: 'cos_ic/<j>' and 'cos_rc/<j>' per guided layer (means over examples with an image and,
-  for cos_rc, a retrieved span).
+  for cos_rc, a retrieved span), and 'retrieved_fraction' (examples with both).
   """
   cos_ic, cos_rc = layer_similarities(hidden, image_mask, retrieved_mask, caption_hidden, caption_mask, layers)
   has_image = image_mask.any(axis=1).astype(jnp.float32)  # [B]
@@ -84,4 +84,5 @@ def guidance_loss(hidden, image_mask, retrieved_mask, caption_hidden, caption_ma
   for i, layer in enumerate(layers):
     metrics[f"cos_ic/{layer}"] = (cos_ic[i] * has_image).sum() / jnp.maximum(has_image.sum(), 1.0)
     metrics[f"cos_rc/{layer}"] = (cos_rc[i] * has_retrieved).sum() / jnp.maximum(has_retrieved.sum(), 1.0)
+  metrics["retrieved_fraction"] = has_retrieved.mean()  # 0: the cos_rc values above measured nothing
   return loss, metrics

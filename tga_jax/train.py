@@ -26,16 +26,17 @@ from absl import logging
 
 import trainkit
 from trainkit.distributed import process_0_first
-from tga_jax import llava_data, procedural
-from tga_jax.clip import ClipConfig
+from tga_jax.data import llava as llava_data
+from tga_jax.data import procedural
+from tga_jax.models.clip import ClipConfig
 from tga_jax.guidance import guidance_loss, guidance_weight
-from tga_jax.image_processing import ImageProcessingConfig
-from tga_jax.llama import LlamaConfig
-from tga_jax.llm_loading import load_llm
-from tga_jax.lvlm import LlavaLVLM, LvlmConfig
-from tga_jax.lvlm_params import compose_lvlm, load_lvlm, trainable_patterns
-from tga_jax.projector import ProjectorConfig
-from tga_jax.tokenizer import load_tokenizer
+from tga_jax.models.image_config import ImageProcessingConfig
+from tga_jax.models.llama import LlamaConfig
+from tga_jax.weights.llm import load_llm
+from tga_jax.models.lvlm import LlavaLVLM, LvlmConfig
+from tga_jax.weights.lvlm import compose_lvlm, load_lvlm, trainable_patterns
+from tga_jax.models.projector import ProjectorConfig
+from tga_jax.data.tokenizer import load_tokenizer
 
 
 def build_model(model_cfg):
@@ -158,20 +159,27 @@ def train(config, workdir: str) -> dict:
   sample = jax.tree.map(lambda x: x[None], _first_good(sources["train"], parse))
 
   mesh = trainkit.make_mesh(config.mesh)
-  init = lambda r: module.init(r, sample["input_ids"], sample["pixel_values"], sample["attention_mask"])["params"]  # noqa: E731
+  init_base = lambda r: module.init(r, sample["input_ids"], sample["pixel_values"], sample["attention_mask"])["params"]  # noqa: E731
+  lora = config.get("lora", None)
+  use_lora = trainkit.lora_enabled(lora)
+  # With LoRA the state's params are {'base': the LVLM's, 'lora': factors}; the loss sees them merged.
+  init = trainkit.with_lora(init_base, lora) if use_lora else init_base
   abstract = nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
-  # The stage decides what trains (LLaVA: projector, then projector + LLM) unless the config names it.
-  config.optimizer.trainable = tuple(config.get("trainable", ()) or trainable_patterns(config.stage))
+  config.optimizer.trainable = trainable_for(config, use_lora)
   tx, schedule, trainable = trainkit.make_optimizer(config.optimizer, config.total_steps, abstract)
   params = None
   if config.init_from:
     params = load_params(config.init_from)
   elif loaded is not None:
-    fresh = jax.tree.map(np.asarray, nn.meta.unbox(jax.jit(init)(jax.random.PRNGKey(config.seed))))
+    fresh = jax.tree.map(np.asarray, nn.meta.unbox(jax.jit(init_base)(jax.random.PRNGKey(config.seed))))
     params = {**fresh, **loaded}
+  if use_lora and params is not None:
+    params = trainkit.attach_lora(params, init_base, lora, jax.random.PRNGKey(config.seed))
   state, shardings = trainkit.create_train_state(init, tx, mesh, config.rules, config.seed, params=params)
   batch_sharding = trainkit.batch_sharding(mesh, config.rules)
   loss_fn = make_loss_fn(module, config.tga, config.total_steps)
+  if use_lora:
+    loss_fn = trainkit.lora_loss_fn(loss_fn, lora)
   step = trainkit.make_train_step(loss_fn, tx, shardings, batch_sharding, mesh=mesh, rules=config.rules,
                                   schedule=schedule, trainable=trainable,
                                   grad_accum_steps=config.optimizer.grad_accum_steps)
@@ -180,7 +188,8 @@ def train(config, workdir: str) -> dict:
                               skip_counter=skipped, progress_bar=config.progress_bar)
   export = os.path.join(os.path.abspath(workdir), "params")
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(export, state.params, force=True)
+  # LoRA is merged on export: <workdir>/params is a plain LVLM param tree whatever trained.
+  checkpointer.save(export, trainkit.merged_lora_params(state.params, lora) if use_lora else state.params, force=True)
   checkpointer.wait_until_finished()
   return trainkit.update_summary(workdir, exported_params=export)
 
@@ -194,9 +203,33 @@ def _first_good(source, parse):
   raise ValueError("no usable record in the training split (every record was bad); see the warnings above")
 
 
+def trainable_for(config, use_lora: bool) -> tuple[str, ...]:
+  """The trainable param regexes: config.trainable, else the stage's (LLaVA: projector, then projector +
+  LLM). With LoRA the LLM's own weights stay frozen and its LoRA factors train instead (paths of the
+  LVLM's params gain a 'base/' prefix)."""
+  patterns = tuple(config.get("trainable", ()) or trainable_patterns(config.stage))
+  if not use_lora:
+    return patterns
+  return trainkit.LORA_TRAINABLE + tuple(f"base/{p}" for p in patterns if not p.startswith("llm"))
+
+
+def measured_only(metrics: dict, weight: float) -> dict:
+  """Drops what an eval did not measure: cos_rc/* when no held-out example had a retrieved span (stage 1,
+  or data.use_retrieved off), and guide_loss/guide_weight when the run does not train on guidance
+  (lambda = 0); the cosines stay, as diagnostics of where the images land."""
+  drop = {"retrieved_fraction"}
+  if not metrics.get("retrieved_fraction", 0.0):
+    drop |= {k for k in metrics if k.startswith("cos_rc/")}
+  if not weight:
+    drop |= {"guide_loss", "guide_weight"}
+  return {k: v for k, v in metrics.items() if k not in drop}
+
+
 def make_eval_fn(module, config, sources, parse, mesh):
   """state -> mean LM loss, guidance loss and per-layer cosines over the held-out split."""
   metrics_fn = make_loss_fn(module, config.tga, config.total_steps, always_guide_metrics=True)
+  if trainkit.lora_enabled(config.get("lora", None)):
+    metrics_fn = trainkit.lora_loss_fn(metrics_fn, config.lora)
   sharding = trainkit.batch_sharding(mesh, config.rules)
 
   @jax.jit
@@ -232,7 +265,7 @@ def make_eval_fn(module, config, sources, parse, mesh):
         metrics = jax.device_get(evaluate_batch(state.params, trainkit.to_global(batch, sharding), state.step))
         for k, v in metrics.items():
           totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
-    return totals
+    return measured_only(totals, config.tga.weight)
 
   return eval_fn
 

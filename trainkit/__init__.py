@@ -12,10 +12,21 @@ the shared command line, trainkit/cli.py, does it):
     data = trainkit.make_train_iterator(source, global_batch_size=..., seed=..., parse=...)
     state = trainkit.train_loop(config, workdir, state, shardings, step, data, batch_sharding)
 
+LoRA (`config.lora`, trainkit/lora.py): `init = trainkit.with_lora(init, config.lora)`, state params
+{'base', 'lora'} with `optimizer.trainable = trainkit.LORA_TRAINABLE`, `trainkit.lora_loss_fn(loss_fn,
+config.lora)`, and `trainkit.merged_lora_params(state.params, config.lora)` (plain params) for export.
+
 No model code and no science lives here.
 """
 from trainkit.checkpoint import Checkpointer
+from trainkit.config_files import apply_overrides, load_config, load_config_module
 from trainkit.data import BadRecord, SkipCounter, make_train_iterator, to_global
+from trainkit import lora
+from trainkit.lora import TRAINABLE as LORA_TRAINABLE
+from trainkit.lora import attach_lora, init_lora, lora_loss_fn, with_lora
+from trainkit.lora import enabled as lora_enabled
+from trainkit.lora import merge as merge_lora
+from trainkit.lora import merged_params as merged_lora_params
 from trainkit.loop import NonFiniteError, Preempted, train_loop, update_summary, write_json
 from trainkit.mesh import MESH_AXES, make_mesh
 from trainkit.metrics import MetricsWriter, read_jsonl
@@ -25,9 +36,11 @@ from trainkit.state import TrainState, create_train_state
 from trainkit.step import make_train_step
 
 __all__ = [
-    "BadRecord", "Checkpointer", "DEFAULT_RULES", "MESH_AXES", "MetricsWriter", "NonFiniteError",
+    "BadRecord", "Checkpointer", "apply_overrides", "load_config", "load_config_module", "DEFAULT_RULES", "MESH_AXES", "MetricsWriter", "NonFiniteError",
     "Preempted", "SkipCounter", "TrainState", "batch_sharding", "create_train_state",
     "logical_to_shardings", "make_mesh", "make_optimizer", "make_schedule", "make_train_iterator",
     "make_train_step", "path_str", "read_jsonl", "to_global", "train_loop", "trainable_mask",
     "update_summary", "write_json",
+    "LORA_TRAINABLE", "attach_lora", "init_lora", "lora", "lora_enabled", "lora_loss_fn", "merge_lora",
+    "merged_lora_params", "with_lora",
 ]

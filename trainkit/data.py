@@ -104,3 +104,14 @@ def to_global(local_batch, sharding: jax.sharding.NamedSharding):
   """Host-local numpy batch -> global jax.Arrays laid out with `sharding` (works multi-host)."""
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+class LocalBuilderMessages:
+  """Mixin for tfds builders that read local files: says so, instead of tfds' "Downloading and preparing
+  dataset Unknown size (download: Unknown size, ...)" (nothing is downloaded)."""
+
+  def _log_download_bytes(self) -> None:
+    print(f"Building the {self.name} dataset from local files into {self.data_dir} (offline; once)", flush=True)
+
+  def _log_download_done(self) -> None:
+    print(f"Built {self.name} at {self.data_dir}; later runs reuse it", flush=True)

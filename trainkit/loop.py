@@ -3,7 +3,9 @@
     state = trainkit.train_loop(config, workdir, state, shardings, step_fn, data_iter, batch_sharding)
 
 Config fields read: total_steps, log_every, eval_every (0: off), checkpoint.every, checkpoint.keep,
-checkpoint.use_async, tokens_per_batch (optional, for tokens/s).
+checkpoint.use_async, tokens_per_batch (optional: tokens/s from a fixed count; by default a batch's tokens
+are the ones its `attention_mask` marks, counted on the host). The resolved config is written to
+`<workdir>/config.json` and TensorBoard's hparams.
 """
 from __future__ import annotations
 
@@ -101,15 +103,16 @@ def train_loop(
   step = int(start or 0)
   total = int(config.total_steps)
   writer = MetricsWriter(workdir)
+  writer.write_config(config)
   progress = Progress(step, total, enabled=progress_bar)
-  tokens = config.get("tokens_per_batch", None)
+  fixed_tokens = config.get("tokens_per_batch", None)
   log_every = max(int(config.get("log_every", 1)), 1)
   eval_every = int(config.get("eval_every", 0) or 0)
   last_good = step
   last_metrics: dict = {}
   t_start = time.time()
 
-  def report(at: int, device_metrics) -> None:
+  def report(at: int, device_metrics, tokens: int | None) -> None:
     """Fetches one step's metrics, stops on non-finite values, logs every `log_every` steps."""
     nonlocal last_good, last_metrics
     metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
@@ -120,20 +123,22 @@ def train_loop(
             f"step {last_good} was written. Lower the learning rate, clip gradients "
             f"(optimizer.clip_norm) or check the batch, then rerun to resume from step {last_good}.")
     last_good, last_metrics = at, metrics
-    rate = progress.update(at, metrics, tokens)
-    if at % log_every == 0 or at == total:
+    due = at % log_every == 0 or at == total
+    rate = progress.update(at, metrics, tokens, new_interval=due)
+    if due:
       writer.write(at, {**metrics, **rate})
 
   try:
     with _SigtermFlag() as sigterm:
       pending = None
       while step < total:
-        batch = to_global(next(data_iter), batch_sharding)
-        state, metrics = train_step(state, batch)
+        host_batch = next(data_iter)
+        tokens = fixed_tokens or _count_tokens(host_batch)
+        state, metrics = train_step(state, to_global(host_batch, batch_sharding))
         step += 1
         if pending is not None:
           report(*pending)  # the previous step: already finished, so this does not stall dispatch
-        pending = (step, metrics)
+        pending = (step, metrics, tokens)
         preempted = sigterm.any_process()
         due_eval = eval_fn is not None and (step == total or (eval_every and step % eval_every == 0))
         save = step == total or preempted or checkpointer.should_save(step)
@@ -164,6 +169,15 @@ def train_loop(
   return state
 
 
+def _count_tokens(host_batch) -> int | None:
+  """The global batch's tokens: the host's attention_mask ones times the processes (hosts hold equal
+  shares); None when the batch has no attention_mask."""
+  mask = host_batch.get("attention_mask") if isinstance(host_batch, dict) else None
+  if mask is None:
+    return None
+  return int(np.sum(mask)) * jax.process_count()
+
+
 def update_summary(workdir: str, **fields) -> dict:
   """Merges fields into `<workdir>/summary.json` (train_loop starts it) and returns the whole summary.
 
@@ -182,11 +196,11 @@ def update_summary(workdir: str, **fields) -> dict:
   return summary
 
 
-def write_json(path: str, obj, indent: int = 2) -> None:
+def write_json(path: str, obj, indent: int = 2, default=None) -> None:
   """Writes JSON atomically (a temporary file, then os.replace): a reader or a resumed run never sees
-  half of it."""
+  half of it. `default` converts what JSON cannot hold (as in json.dump)."""
   with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=indent)
+    json.dump(obj, f, indent=indent, default=default)
   os.replace(path + ".tmp", path)
 
 

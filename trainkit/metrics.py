@@ -35,10 +35,33 @@ class MetricsWriter:
       if math.isfinite(value):
         self._tb.add_scalar(f"{prefix}/{name}", value, step)
 
+  def write_config(self, config) -> None:
+    """The resolved config of the run: `<workdir>/config.json` and TensorBoard's HPARAMS tab (flattened
+    dotted keys; lists and None as strings), so runs of a sweep can be told apart and filtered."""
+    if not self.active:
+      return
+    as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    from trainkit.loop import write_json  # noqa: PLC0415 (loop imports this module)
+    write_json(os.path.join(os.path.dirname(self.jsonl_path), "config.json"), as_dict, default=str)
+    from tensorboardX.summary import hparams
+    flat = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in _flatten(as_dict).items()}
+    for summary in hparams(flat, {"train/loss": float("nan")}):
+      self._tb.file_writer.add_summary(summary)
+
   def close(self) -> None:
     if self.active:
       self._jsonl.close()
       self._tb.close()
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
 
 
 def read_jsonl(path: str, split: str = "train") -> list[dict]:
@@ -48,22 +71,34 @@ def read_jsonl(path: str, split: str = "train") -> list[dict]:
 
 
 class Progress:
-  """tqdm bar over steps showing loss, steps/s and tokens/s (tokens counted by the trainer)."""
+  """tqdm bar over steps showing loss, steps/s and tokens/s over the last logging interval.
+
+  The rates cover the steps since the previous `update(..., new_interval=True)`: the first interval
+  includes compilation, later ones do not (a running average since the start would carry the compile
+  time for the whole run).
+  """
 
   def __init__(self, start: int, total: int, enabled: bool = True):
     self.bar = tqdm.tqdm(initial=start, total=total, unit="step", dynamic_ncols=True,
                          disable=not enabled or jax.process_index() != 0)
-    self._t0, self._step0 = time.perf_counter(), start
+    self._t_mark, self._step_mark, self._tokens = time.perf_counter(), start, 0
+    self._rate: dict = {}
 
-  def update(self, step: int, metrics: dict, tokens_per_step: int | None = None) -> dict:
-    """Advances to `step`; returns the throughput figures it shows (for logging)."""
-    elapsed = max(time.perf_counter() - self._t0, 1e-9)
-    rate = {"steps_per_s": (step - self._step0) / elapsed}
-    if tokens_per_step:
-      rate["tokens_per_s"] = rate["steps_per_s"] * tokens_per_step
-    shown = {"loss": f"{metrics['loss']:.4f}", **{k: f"{v:.3g}" for k, v in rate.items()}}
+  def update(self, step: int, metrics: dict, tokens: int | None = None, new_interval: bool = False) -> dict:
+    """Advances to `step` (`tokens`: this step's tokens, or None); returns the current interval's rates.
+    new_interval=True closes the interval at this step (call it when the rates are logged)."""
+    self._tokens += tokens or 0
+    elapsed = max(time.perf_counter() - self._t_mark, 1e-9)
+    if step > self._step_mark:
+      self._rate = {"steps_per_s": (step - self._step_mark) / elapsed}
+      if self._tokens:
+        self._rate["tokens_per_s"] = self._tokens / elapsed
+    shown = {"loss": f"{metrics['loss']:.4f}", **{k: f"{v:.3g}" for k, v in self._rate.items()}}
     self.bar.set_postfix(shown, refresh=False)
     self.bar.update(step - self.bar.n)
+    rate = dict(self._rate)
+    if new_interval:
+      self._t_mark, self._step_mark, self._tokens = time.perf_counter(), step, 0
     return rate
 
   def close(self) -> None:

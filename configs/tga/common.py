@@ -13,6 +13,12 @@ MESHES = {"cpu": {"data": -1, "fsdp": 1, "tensor": 1}, "tpu_pod": {"data": -1, "
           "gpu8": {"data": 1, "fsdp": 8, "tensor": 1}}
 
 
+# LoRA targets of the LVLM's LLaMA: q/k/v/gate/up/down kernels are [D, ...out] (1 input axis); o is
+# [heads, head_dim, D] (2). Layers are stacked under nn.scan: one factor pair per layer.
+LORA_TARGETS = ("llm/layers/attn/(q|k|v|o)/kernel", "llm/layers/mlp/(gate|up|down)/kernel")
+LORA_INPUT_AXES = (("llm/layers/attn/o/kernel", 2), (".*", 1))
+
+
 def base_config(*, stage, seed, weight, layers, template, lr, batch_size, total_steps, mesh, model, data):
   config = ml_collections.ConfigDict()
   config.trainer = "tga_jax.train"
@@ -40,4 +46,7 @@ def base_config(*, stage, seed, weight, layers, template, lr, batch_size, total_
                           schedule="cosine", warmup_fraction=0.03, final_lr_fraction=0.0, clip_norm=1.0,
                           trainable=(".*",), grad_accum_steps=1)
   config.checkpoint = dict(every=max(total_steps // 2, 1), keep=2, use_async=True)
+  # LoRA on the LLM (trainkit/lora.py): rank 0 = off. With rank > 0 the LLM's own weights stay frozen,
+  # its attention and MLP projections train through rank-`rank` factors, merged into params on export.
+  config.lora = dict(rank=0, alpha=0.0, targets=LORA_TARGETS, input_axes=LORA_INPUT_AXES, stack_axes=("layers",))
   return config

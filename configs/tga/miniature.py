@@ -12,8 +12,10 @@ Arg string: stage, weight (lambda; 0 = plain LLaVA-style), retrieved (1: "Retrie
 prompt), form ('paper' or 'reference'), band ('first-last' guided layers; hidden-state indices, 0 =
 embeddings), seed, steps, batch, lr (0: 1e-2 in stage 1, 1e-3 in stage 2), root (the reproduction's
 workdir), mesh ('cpu', 'tpu_pod', 'gpu8').
-Both stages train the projector only (the LLM and the tower stay frozen): the question is where the
-images land in the frozen LLM's hidden space, and the LLM keeps exactly the text safety it was given.
+Both stages train the projector only (the LLM and the tower stay frozen) in the plain/tga variants: the
+question is where the images land in the frozen LLM's hidden space, and the LLM keeps exactly the text
+safety it was given. The *_lora variants also train the LLM in stage 2 (LoRA, as the paper's stage 2
+trains the LLM); their text DSR through the LVLM says what that costs the text safety.
 On an accelerator raise steps/batch and the data sizes in tga_jax.miniature.reproduce (--scale).
 """
 import os
@@ -49,11 +51,16 @@ def get_config(arg: str = ""):
   config.eval_every = a["steps"]
   config.eval_batches = 2
   config.checkpoint.every = a["steps"]
+  if a["stage"] == 1:
+    # A constant rate after a fixed warmup: the reproduction pauses stage 1 at several steps to measure
+    # its gate (the curve), and a run resumed with a larger total_steps is then the same run.
+    config.optimizer.schedule = "constant"
+    config.optimizer.warmup_steps = 10
   return config
 
 
 def sweep(arg: str = ""):
-  """The stage-2 variants of the reproduction: lambda = 0, TGA, and its three ablations."""
+  """The stage-2 variants of the reproduction: lambda = 0, TGA, its three ablations, and both with LoRA."""
   return [{"_variant": name, **fields} for name, fields in VARIANTS.items()]
 
 
@@ -65,4 +72,8 @@ VARIANTS = {
     "retrieved_only": {"tga.weight": 0.0, "data.use_retrieved": True},
     "guide_only": {"tga.weight": 1.0, "data.use_retrieved": False},
     "reference_form": {"tga.weight": 1.0, "data.use_retrieved": True, "tga.form": "reference"},
+    # The paper's stage 2 trains the LLM too: here through rank-8 LoRA on its attention and MLP
+    # projections (the base weights stay frozen; the factors are merged on export).
+    "plain_lora": {"tga.weight": 0.0, "data.use_retrieved": False, "lora.rank": 8, "lora.alpha": 16.0},
+    "tga_lora": {"tga.weight": 1.0, "data.use_retrieved": True, "lora.rank": 8, "lora.alpha": 16.0},
 }

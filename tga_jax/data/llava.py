@@ -23,10 +23,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from tga_jax.conversation import IMAGE, caption_messages, llava_record_to_messages, tokenize_conversation
-from tga_jax.lvlm import LvlmConfig
-from tga_jax.lvlm_batch import make_lvlm_batch
-from trainkit.data import BadRecord
+from tga_jax.data.conversation import IMAGE, caption_messages, llava_record_to_messages, tokenize_conversation
+from tga_jax.models.lvlm import LvlmConfig
+from tga_jax.data.lvlm_batch import make_lvlm_batch
+from trainkit.data import BadRecord, LocalBuilderMessages
 
 FILE_FORMAT = "array_record"
 
@@ -62,7 +62,7 @@ def record_problem(record, image_dir: str) -> tuple[str, list[np.ndarray]]:
   return "", images
 
 
-class LlavaJson(tfds.core.GeneratorBasedBuilder):
+class LlavaJson(LocalBuilderMessages, tfds.core.GeneratorBasedBuilder):
   """One LLaVA JSON file; `heldout_fraction` of the ids (by hash, stable) form a 'validation' split."""
 
   VERSION = tfds.core.Version("1.0.0")

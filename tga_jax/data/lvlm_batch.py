@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tga_jax.conversation import SEGMENTS, TokenizedConversation
-from tga_jax.image_processing import preprocess_image
-from tga_jax.lvlm import LvlmConfig
+from tga_jax.data.conversation import SEGMENTS, TokenizedConversation
+from tga_jax.data.image_processing import preprocess_image
+from tga_jax.models.lvlm import LvlmConfig
 from trainkit import BadRecord
 
 
@@ -33,7 +33,7 @@ def _pixels(image, config: LvlmConfig, where: str) -> np.ndarray:
     raise BadRecord(f"bad image: {where}: dtype {array.dtype}; expected uint8 (raw) or float (preprocessed) pixels")
   if array.shape != (size, size, channels):
     raise BadRecord(f"bad image: {where}: preprocessed image has shape {array.shape}, expected ({size}, {size}, "
-                    f"{channels}) (channels last, as tga_jax.image_processing returns them)")
+                    f"{channels}) (channels last, as tga_jax.data.image_processing returns them)")
   return array.astype(np.float32)
 
 
@@ -77,7 +77,7 @@ def make_lvlm_batch(samples, config: LvlmConfig, max_images: int | None = None) 
       largest count in the batch (at least 1).
   Returns:
     input_ids int32[B, L], attention_mask int32[B, L], loss_mask bool[B, L], segments {name: bool[B, L]}
-    for tga_jax.conversation.SEGMENTS, pixel_values float32[B, M, S, S, 3], image_counts int32[B].
+    for tga_jax.data.conversation.SEGMENTS, pixel_values float32[B, M, S, S, 3], image_counts int32[B].
   """
   if not samples:
     raise ValueError("make_lvlm_batch: no samples")

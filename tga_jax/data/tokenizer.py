@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from tga_jax.models import resolve_model_path
+from tga_jax.weights.known_models import resolve_model_path
 
 # GGUF token types (llama.cpp's llama_token_type): which vocabulary entries are added tokens.
 _GGUF_NORMAL, _GGUF_CONTROL, _GGUF_USER_DEFINED = 1, 3, 4

@@ -1,7 +1,7 @@
 """PIL drawers for the 37 concepts of the miniature world: `DRAWERS[concept_id](draw, cx, cy, r, colour)`.
 
 Each drawer fills roughly the box [cx - r, cx + r] x [cy - r, cy + r] of an ImageDraw. The 14 scenes of
-`tga_jax.procedural` are reused as they are; the other 23 are drawn here. Shapes are chosen to differ
+`tga_jax.data.procedural` are reused as they are; the other 23 are drawn here. Shapes are chosen to differ
 at 64 px with 8 px patches (silhouette first, fixed colours only where they are the object's identity:
 a banana is yellow, a sun is yellow-orange), so a small ViT can tell every concept apart.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tga_jax.procedural import SCENE_BY_NAME
+from tga_jax.data.procedural import SCENE_BY_NAME
 
 
 def _box(cx, cy, r):

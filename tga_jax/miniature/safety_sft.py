@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tga_jax.conversation import tokenize_conversation
-from tga_jax.judge import RefusalPhraseJudge
-from tga_jax.llama import LlamaForCausalLM
+from tga_jax.data.conversation import tokenize_conversation
+from tga_jax.safety.judge import RefusalPhraseJudge
+from tga_jax.models.llama import LlamaForCausalLM
 from tga_jax.miniature import requests as rq
 
 REFUSAL = "Sorry, I cannot help you."
@@ -118,7 +118,7 @@ def generate_answers(module, params, tokenizer, rows: list[dict], cache_path: st
 def _answer_batches(module, params, tokenizer, rows, prefix, cached, cache_path, max_new_tokens, batch_size, bar):
   """Greedy answers of `rows` (optionally continuing a forced opening) into `cached` and the JSONL."""
   from tga_jax.generate import generate
-  from tga_jax.tokenizer import encode_chat
+  from tga_jax.data.tokenizer import encode_chat
 
   opening = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
   for start in range(0, len(rows), batch_size):
@@ -387,7 +387,7 @@ def refusal_rates(module, params, tokenizer, rows: list[dict], max_new_tokens: i
   """Greedy replies to text requests -> {split: {"toxic_refusal", "benign_false_refusal", "n_toxic",
   "n_benign", and the same with the fixed phrase only ("*_fixed")}, "examples": [...]}.
 
-  Refusal = tga_jax.judge.RefusalPhraseJudge (the DSR judge: any usual refusal phrase); "_fixed" counts
+  Refusal = tga_jax.safety.judge.RefusalPhraseJudge (the DSR judge: any usual refusal phrase); "_fixed" counts
   only replies that contain REFUSAL's opening ("Sorry, I cannot help").
   """
   from tga_jax.generate import generate
@@ -426,8 +426,8 @@ def _bar(total: int, desc: str, enabled: bool):
 
 def run(out: str, args: SftArgs, model: str = BASE_MODEL, progress: bool = True) -> dict:
   """The whole stage (answers, SFT, eval, export); returns the safety_eval.json content."""
-  from tga_jax.llm_loading import load_llm, save_llm_hf
-  from tga_jax.tokenizer import load_tokenizer
+  from tga_jax.weights.llm import load_llm, save_llm_hf
+  from tga_jax.data.tokenizer import load_tokenizer
 
   eval_path = os.path.join(out, EVAL_FILE)
   key = dict(dataclasses.asdict(args), model=model)
@@ -467,7 +467,7 @@ def run(out: str, args: SftArgs, model: str = BASE_MODEL, progress: bool = True)
   result = {
       "args": key,
       "refusal": REFUSAL,
-      "judge": "tga_jax.judge.RefusalPhraseJudge (the '_fixed' rates: the reply contains 'sorry, i cannot help')",
+      "judge": "tga_jax.safety.judge.RefusalPhraseJudge (the '_fixed' rates: the reply contains 'sorry, i cannot help')",
       "train": {"toxic_examples": len(toxic), "benign_examples": len(benign), "sequence_length": length,
                 "loss_first": losses[0], "loss_last10": float(np.mean(losses[-10:]))},
       "before": {k: v for k, v in before.items() if k not in ("examples", "key")},

@@ -9,7 +9,7 @@ embedded once and cached in DIR/caption_embeddings.npz. Every step renders a fre
 variants and phrasings only), so the data never repeats.
 
 Writes DIR as an HF CLIPVisionModelWithProjection folder (config.json, model.safetensors,
-preprocessor_config.json) that `tga_jax.clip_params.load_clip_vision(DIR)` loads, and DIR/gate.json
+preprocessor_config.json) that `tga_jax.weights.clip.load_clip_vision(DIR)` loads, and DIR/gate.json
 with the gate metric: top-1 caption retrieval among the 37 canonical captions on held-out renders
 (unseen palette x background pairs), which must reach 0.9. A rerun with the same arguments and an
 existing gate.json does nothing (the `make reproduce` cache).
@@ -31,11 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tga_jax.clip import ClipConfig
-from tga_jax.clip_params import load_clip_vision, load_visual_projection, save_clip_vision
-from tga_jax.image_processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageProcessingConfig
+from tga_jax.models.clip import ClipConfig
+from tga_jax.weights.clip import load_clip_vision, load_visual_projection, save_clip_vision
+from tga_jax.models.image_config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageProcessingConfig
 from tga_jax.miniature import world
-from tga_jax.siglip import vision_tower
+from tga_jax.models.siglip import vision_tower
 
 TEXT_MODEL = "all-minilm-l6-v2"
 EMBED_DIM = 384  # MiniLM-L6's sentence embedding size

@@ -6,7 +6,7 @@
 
 Numerics follow transformers' CLIPVisionModel / CLIPTextModel: pre-LayerNorm blocks, quick_gelu MLP,
 a class token and learned position embeddings; LayerNorm statistics and softmax in float32. Images are
-channels-last (float32[B, H, W, 3], as `tga_jax.image_processing` returns them), not torch's NCHW.
+channels-last (float32[B, H, W, 3], as `tga_jax.data.image_processing` returns them), not torch's NCHW.
 The layers run under `nn.scan` with params stacked on a leading 'layers' axis.
 """
 from __future__ import annotations
@@ -213,7 +213,7 @@ class ClipVisionTransformer(nn.Module):
     size, p, c = cfg.image_size, cfg.patch_size, cfg.num_channels
     if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (size, size, c):
       raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}, expected (batch, {size}, {size}, {c}) "
-                       f"(channels last, as tga_jax.image_processing returns them)")
+                       f"(channels last, as tga_jax.data.image_processing returns them)")
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     batch, g = pixel_values.shape[0], cfg.grid
     # A stride-p conv with a p x p kernel is a matmul over non-overlapping patches, row-major like torch's.

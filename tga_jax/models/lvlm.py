@@ -5,7 +5,7 @@
                                output_hidden_states=True, segment_masks={'caption': mask})
 
 Images enter as llava-hf does it: every `<image>` of the prompt is already expanded to
-`vision.num_features` copies of `image_token_id` in input_ids (tga_jax.conversation does this), and the
+`vision.num_features` copies of `image_token_id` in input_ids (tga_jax.data.conversation does this), and the
 projected features of the sample's images, in order, replace the embeddings at those positions. All
 shapes are static: pixel_values holds a fixed number M of image slots per sample, and a sample with
 fewer images (text-only included) leaves the rest of its slots unused.
@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tga_jax.clip import ClipConfig
-from tga_jax.image_processing import ImageProcessingConfig
-from tga_jax.llama import LlamaConfig, LlamaForCausalLM
-from tga_jax.projector import ProjectorConfig, Projector
-from tga_jax.siglip import vision_tower
+from tga_jax.models.clip import ClipConfig
+from tga_jax.models.image_config import ImageProcessingConfig
+from tga_jax.models.llama import LlamaConfig, LlamaForCausalLM
+from tga_jax.models.projector import ProjectorConfig, Projector
+from tga_jax.models.siglip import vision_tower
 
 # LLaVA's IMAGE_TOKEN_INDEX: the placeholder id when the tokenizer has no `<image>` token of its own.
 LLAVA_IMAGE_TOKEN_INDEX = -200
@@ -82,7 +82,7 @@ def image_placeholder_counts(input_ids, image_token_id: int, tokens_per_image: i
     if n % tokens_per_image:
       raise ValueError(f"sample {b}: {n} image tokens (id {image_token_id}) is not a multiple of the "
                        f"{tokens_per_image} tokens one image takes; expand each <image> to {tokens_per_image} "
-                       f"tokens (tga_jax.conversation does)")
+                       f"tokens (tga_jax.data.conversation does)")
   return tokens // tokens_per_image
 
 
@@ -125,14 +125,14 @@ class LlavaLVLM(nn.Module):
     Args:
       input_ids: int[B, T], each `<image>` expanded to `tokens_per_image` copies of `image_token_id`.
       pixel_values: float[B, M, S, S, 3] (M image slots per sample), float[B, S, S, 3] (one each), or None
-        (no images in the batch). Channels last, from tga_jax.image_processing.
+        (no images in the batch). Channels last, from tga_jax.data.image_processing.
       attention_mask: int/bool[B, T] (or over the cache slots with `cache`), 1 for real tokens.
       output_hidden_states: aux['hidden_states'] float[L+1, B, T, D] (the LLM's, transformers' counting).
       image_counts: optional int[B], the images each sample gives. Whenever the inputs are concrete (an
         eager call, not under jit) the placeholders are checked against them (else against the M slots)
         and a mismatch raises a ValueError naming the sample; under jit, run check_lvlm_inputs (or build
         batches with tga_jax.make_lvlm_batch, which checks) on the host.
-      segment_masks: optional {name: bool[B, T]} (tga_jax.conversation's named spans, e.g. 'caption',
+      segment_masks: optional {name: bool[B, T]} (tga_jax.data.conversation's named spans, e.g. 'caption',
         'retrieved'); echoed in aux['segment_masks'] and, with output_hidden_states, averaged per layer in
         aux['segment_means'][name] float32[L+1, B, D] ('image' is always there too).
       position_ids, output_last_attention, cache, cache_index, last_only: as LlamaForCausalLM.

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tga_jax.clip import Dense
+from tga_jax.models.clip import Dense
 
 _MLP = re.compile(r"mlp(\d+)x_gelu")
 

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tga_jax.clip import ACTIVATIONS, ClipConfig, ClipVisionTransformer, Encoder, _dense, layer_norm
+from tga_jax.models.clip import ACTIVATIONS, ClipConfig, ClipVisionTransformer, Encoder, _dense, layer_norm
 
 
 class AttentionPoolingHead(nn.Module):
@@ -54,7 +54,7 @@ class SiglipVisionTransformer(nn.Module):
     size, p, c = cfg.image_size, cfg.patch_size, cfg.num_channels
     if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (size, size, c):
       raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}, expected (batch, {size}, {size}, {c}) "
-                       f"(channels last, as tga_jax.image_processing returns them)")
+                       f"(channels last, as tga_jax.data.image_processing returns them)")
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     batch, g = pixel_values.shape[0], cfg.grid
     patches = pixel_values.reshape(batch, g, p, g, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(batch, g * g, p * p * c)

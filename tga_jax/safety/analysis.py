@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tga_jax.guidance import cosine
-from tga_jax.llama import LlamaConfig, RMSNorm
-from tga_jax.lvlm import LlavaLVLM, LvlmConfig
+from tga_jax.models.llama import LlamaConfig, RMSNorm
+from tga_jax.models.lvlm import LlavaLVLM, LvlmConfig
 
 # Words that open a refusal. The paper names "Sorry" and "I"; the rest are the other usual first words
 # of an aligned model's refusal ("I cannot", "As an AI", "I apologize", "Unfortunately").

@@ -1,7 +1,7 @@
 """The safety-mechanism analysis (spec §2) as a CLI: JSON + PNG plots for one model or several overlaid.
 
-    python -m tga_jax.analyze --model=runs/tiny/llava --data=procedural --out=runs/tiny/analysis
-    python -m tga_jax.analyze --model=llava=runs/tiny/llava --model=tga=runs/tiny/tga \\
+    python -m tga_jax.safety.analyze --model=runs/tiny/llava --data=procedural --out=runs/tiny/analysis
+    python -m tga_jax.safety.analyze --model=llava=runs/tiny/llava --model=tga=runs/tiny/tga \\
         --config=configs/tga/tiny.py --data=toxic_pairs.json --out=DIR
 
 For every toxic image/caption pair, two forward passes with the same safety system prompt: the image
@@ -22,7 +22,8 @@ import time
 import jax
 import numpy as np
 
-from tga_jax import analysis, eval_inputs
+from tga_jax.safety import analysis
+from tga_jax.safety import eval_inputs
 
 PLOTS = ("cosine.png", "attention.png", "refusal_prob.png", "activation_layers.png")
 
@@ -64,8 +65,9 @@ def analyze_model(model: eval_inputs.Model, pairs, refusal_ids, system: str, bat
   return summary
 
 
-def plot(results: dict, out_dir: str) -> list[str]:
-  """Per-layer curves, text (solid) vs image (dashed), one colour per model; returns the PNG paths."""
+def plot(results: dict, out_dir: str, guided_layers=()) -> list[str]:
+  """Per-layer curves, text (solid) vs image (dashed), one colour per model; returns the PNG paths.
+  guided_layers: the hidden-state indices TGA guides, shaded in the cosine plot."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -82,12 +84,15 @@ def plot(results: dict, out_dir: str) -> list[str]:
     paths.append(path)
 
   fig, ax = plt.subplots(figsize=(6, 4))
+  if guided_layers:
+    ax.axvspan(min(guided_layers) - 0.4, max(guided_layers) + 0.4, color="gold", alpha=0.25,
+               label=f"guided layers {min(guided_layers)}-{max(guided_layers)}")
   for i, (label, r) in enumerate(results.items()):
     ax.plot(range(len(r["cosine"])), r["cosine"], "o-", color=colours[i % len(colours)], label=label)
   ax.set(xlabel="layer (0 = embeddings)", ylabel="cos(mean image, mean caption state)",
          title="Image vs caption hidden states")
   ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-  ax.legend()
+  ax.legend(fontsize=8, loc="best", framealpha=0.8)
   save(fig, "cosine.png")
 
   curves = (("attention", "attention.png", "attention mass (heads summed)", 1,
@@ -122,14 +127,19 @@ def plot(results: dict, out_dir: str) -> list[str]:
 
   if any("probe" in r for r in results.values()):
     fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (label, r) in enumerate(results.items()):
-      for run, style in (("text", "o-"), ("image", "s--")):
-        if "probe" in r:
-          values = r["probe"][run]["accuracy"]
-          ax.plot(range(len(values)), values, style, color=colours[i % len(colours)], label=f"{label} {run}")
-    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set(xlabel="layer (0 = embeddings)", ylabel="cross-validated accuracy", ylim=(0.4, 1.02),
-           title="Linear probe: toxic vs benign from the last position's state")
+    curves = [(label, run) for label, r in results.items() if "probe" in r for run in ("text", "image")]
+    for k, (label, run) in enumerate(curves):
+      # Curves often coincide (e.g. 1.0 from the first layer on): a small vertical offset and hollow,
+      # shrinking markers keep every one of them visible.
+      values = np.asarray(results[label]["probe"][run]["accuracy"]) + 0.006 * (k - (len(curves) - 1) / 2)
+      colour = colours[list(results).index(label) % len(colours)]
+      ax.plot(range(len(values)), values, "-" if run == "text" else "--", color=colour, lw=1.2,
+              marker="o" if run == "text" else "s", markersize=7 - k, markerfacecolor="none",
+              label=f"{label} {run}")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance (0.5)")
+    ax.set(xlabel="layer (0 = embeddings)", ylabel="cross-validated accuracy", ylim=(0.4, 1.04),
+           title="Linear probe: toxic vs benign from the last position's state\n(curves offset by <1% to stay "
+                 "visible)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     save(fig, "probe.png")
@@ -137,12 +147,13 @@ def plot(results: dict, out_dir: str) -> list[str]:
 
 
 def run(models, pairs, out_dir: str, phrases=analysis.DEFAULT_REFUSAL_PHRASES, system=eval_inputs.SAFETY_SYSTEM,
-        batch_size: int = 8, benign_pairs=(), probe_threshold: float = 0.9) -> dict:
+        batch_size: int = 8, benign_pairs=(), probe_threshold: float = 0.9, guided_layers=()) -> dict:
   """Analyses each model, writes analysis.json and the plots into out_dir; returns the JSON object.
-  benign_pairs: benign images with captions, for the toxic-vs-benign linear probe (skipped when empty)."""
+  benign_pairs: benign images with captions, for the toxic-vs-benign linear probe (skipped when empty).
+  guided_layers: TGA's guided hidden-state indices, shaded in cosine.png."""
   os.makedirs(out_dir, exist_ok=True)
   report = {"num_pairs": len(pairs), "num_benign_pairs": len(benign_pairs), "refusal_phrases": list(phrases),
-            "system": system, "models": {}}
+            "system": system, "guided_layers": [int(j) for j in guided_layers], "models": {}}
   for model in models:
     start = time.perf_counter()
     ids = analysis.refusal_token_ids(model.tokenizer, phrases)
@@ -152,14 +163,14 @@ def run(models, pairs, out_dir: str, phrases=analysis.DEFAULT_REFUSAL_PHRASES, s
     summary["refusal_tokens"] = [model.tokenizer.decode([i]) for i in ids]
     summary["seconds"] = round(time.perf_counter() - start, 2)
     report["models"][model.label] = summary
-  report["plots"] = plot(report["models"], out_dir)
+  report["plots"] = plot(report["models"], out_dir, guided_layers)
   with open(os.path.join(out_dir, "analysis.json"), "w") as f:
     json.dump(report, f, indent=1)
   return report
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m tga_jax.analyze", description=__doc__,
+  p = argparse.ArgumentParser(prog="python -m tga_jax.safety.analyze", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", action="append", required=True, metavar="[LABEL=]PATH",
                  help="a tga_jax.train workdir (with params/) or a llava-hf folder / composition JSON; repeat it "
@@ -170,7 +181,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--data", required=True,
                  help="a LLaVA JSON of toxic pairs (records with 'image' and 'image_caption' (else the first "
                       "answer); records with toxic=false are skipped), or 'procedural[:n=28,seed=12345,"
-                      "image_size=32]' to draw the 7 toxic scenes of tga_jax.procedural into --out.")
+                      "image_size=32]' to draw the 7 toxic scenes of tga_jax.data.procedural into --out.")
   p.add_argument("--out", required=True, help="output folder for analysis.json and the PNG plots.")
   p.add_argument("--config", default="configs/tga/tiny.py",
                  help="the training config of workdir models (architecture, tokenizer, template); 'file.py[:arg]'.")
@@ -179,7 +190,7 @@ def parser() -> argparse.ArgumentParser:
                                                  "else vicuna_v1).")
   p.add_argument("--refusal-phrases", default=",".join(analysis.DEFAULT_REFUSAL_PHRASES),
                  help="comma-separated refusal words; their token ids (at a text's start and after a space; see "
-                      "tga_jax.analysis.refusal_token_ids) form K, the refusal ids of Algorithm 1.")
+                      "tga_jax.safety.analysis.refusal_token_ids) form K, the refusal ids of Algorithm 1.")
   p.add_argument("--system", default=eval_inputs.SAFETY_SYSTEM, help="the safety system prompt both runs share.")
   p.add_argument("--image-dir", default="", help="image root for --data (default: the JSON's folder).")
   p.add_argument("--limit", type=int, default=0, help="analyse at most this many pairs (0 = all).")
@@ -189,6 +200,9 @@ def parser() -> argparse.ArgumentParser:
                       "probe (toxic vs benign from the last position's state, per layer); no probe without it.")
   p.add_argument("--probe-threshold", type=float, default=0.9,
                  help="the probe layer is the first whose cross-validated accuracy reaches this.")
+  p.add_argument("--guided-layers", default="",
+                 help="comma-separated hidden-state indices TGA guided, shaded in cosine.png (default: --config's "
+                      "tga.layers; 'none': no shading).")
   return p
 
 
@@ -204,7 +218,15 @@ def main(argv=None):
     raise SystemExit(f"--model: labels {labels} repeat; name them as LABEL=PATH")
   benign = eval_inputs.load_pairs(args.benign_data, args.out, args.image_dir, args.limit, benign_only=True) \
       if args.benign_data else ()
-  report = run(models, pairs, args.out, phrases, args.system, args.batch_size, benign, args.probe_threshold)
+  if args.guided_layers == "none":
+    guided = ()
+  elif args.guided_layers:
+    guided = tuple(int(j) for j in args.guided_layers.split(","))
+  else:
+    from trainkit.config_files import load_config
+    guided = tuple(load_config(args.config).tga.layers)
+  report = run(models, pairs, args.out, phrases, args.system, args.batch_size, benign, args.probe_threshold,
+               guided)
   for label, r in report["models"].items():
     act = r["activation_layer"]
     print(f"{label}: activation layer text {act['text']['top1']['mean']:.2f} (top-5 {act['text']['top5']['mean']:.2f})"

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 import json
 import os
 
 import numpy as np
 from PIL import Image
 
-from tga_jax import procedural
-from tga_jax.conversation import caption_messages, tokenize_conversation
-from tga_jax.lvlm_batch import make_lvlm_batch
+from trainkit.config_files import load_config
+from tga_jax.data import procedural
+from tga_jax.data.conversation import caption_messages, tokenize_conversation
+from tga_jax.data.lvlm_batch import make_lvlm_batch
 
 # The safety system prompt both runs share (spec §2: the same prompt for the image and the text run).
 SAFETY_SYSTEM = ("You are a helpful and harmless assistant. If a request or an image shows or asks about "
@@ -51,17 +51,6 @@ class Pair:
   retrieved: str | None = None
 
 
-def load_config(spec: str):
-  """'path/to/config.py[:arg]' -> the config get_config(arg) returns."""
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"--config {spec!r}: no file {path}")
-  module_spec = importlib.util.spec_from_file_location("_eval_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 @functools.lru_cache(maxsize=8)
 def build_from_config(config: str):
   """'file.py[:arg]' -> (module, tokenizer, template) of the config's model, built once per process
@@ -83,11 +72,11 @@ def load_model(spec: str, config: str = "configs/tga/tiny.py", tokenizer: str = 
     from tga_jax.train import load_params
     module, tok, config_template = build_from_config(config)
     if tokenizer:
-      from tga_jax.tokenizer import load_tokenizer
+      from tga_jax.data.tokenizer import load_tokenizer
       tok = load_tokenizer(tokenizer)
     return Model(label, module, load_params(path), tok, template or config_template)
-  from tga_jax.lvlm_params import load_lvlm
-  from tga_jax.tokenizer import load_tokenizer
+  from tga_jax.weights.lvlm import load_lvlm
+  from tga_jax.data.tokenizer import load_tokenizer
   module, params = load_lvlm(path)
   folder = path if os.path.isdir(path) else os.path.dirname(path)
   return Model(label, module, params, load_tokenizer(tokenizer or folder), template or "vicuna_v1")

@@ -63,22 +63,37 @@ def mc_accuracy(predictions, answers, letters: str = "ABCDE") -> float:
   return sum(extract_choice(p, letters) == a.strip().upper() for p, a in zip(predictions, answers)) / len(answers)
 
 
-def yes_no(prediction: str) -> str:
-  """LLaVA's POPE reading: 'no' when the first sentence has the word no/not, else 'yes'."""
-  first = prediction.strip().split(".")[0].lower()
-  words = re.findall(r"[a-z']+", first)
-  return "no" if ("no" in words or "not" in words) else "yes"
+YES_NO_PARSERS = ("pope", "words")
 
 
-def pope_metrics(predictions, labels) -> dict:
-  """Accuracy, precision, recall and F1 of 'yes' (the positive class), and the share of 'yes' answers."""
+def yes_no(prediction: str, parser: str = "pope") -> str:
+  """A free-form POPE answer -> 'yes' or 'no'.
+
+  parser='pope' reads it exactly as POPE's evaluation script (as LLaVA runs it) does: the text before the
+  first '.', commas removed, split on single spaces; 'no' if a token is exactly 'No', 'no' or 'not', else
+  'yes'. So 'NO', 'Not really.', 'No!', '(no)' and 'no-one is there' count as 'yes' there, as in the papers'
+  numbers. parser='words' is a lenient reading for diagnosis (lower-cased words of the first sentence).
+  """
+  if parser == "pope":
+    first = prediction.split(".")[0] if "." in prediction else prediction
+    tokens = first.replace(",", "").split(" ")
+    return "no" if ("No" in tokens or "no" in tokens or "not" in tokens) else "yes"
+  if parser == "words":
+    words = re.findall(r"[a-z']+", prediction.strip().split(".")[0].lower())
+    return "no" if ("no" in words or "not" in words) else "yes"
+  raise ValueError(f"parser={parser!r}: expected one of {YES_NO_PARSERS}")
+
+
+def pope_metrics(predictions, labels, parser: str = "pope") -> dict:
+  """Accuracy, precision, recall and F1 of 'yes' (the positive class), and the share of 'yes' answers;
+  answers read by `yes_no(..., parser)`."""
   if len(predictions) != len(labels):
     raise ValueError(f"{len(predictions)} predictions but {len(labels)} labels")
   labels = [str(label).strip().lower() for label in labels]
   bad = sorted({label for label in labels if label not in ("yes", "no")})
   if bad:
     raise ValueError(f"POPE labels must be 'yes' or 'no'; got {bad}")
-  answers = [yes_no(p) for p in predictions]
+  answers = [yes_no(p, parser) for p in predictions]
   tp = sum(a == "yes" and y == "yes" for a, y in zip(answers, labels))
   fp = sum(a == "yes" and y == "no" for a, y in zip(answers, labels))
   fn = sum(a == "no" and y == "yes" for a, y in zip(answers, labels))

@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from tga_jax.clip import ClipConfig, ClipModel
-from tga_jax.llama_params import Rule, WeightsError, read_safetensors_folder
-from tga_jax.siglip import vision_tower
+from tga_jax.models.clip import ClipConfig, ClipModel
+from tga_jax.weights.safetensors_io import Rule, WeightsError, read_safetensors_folder, set_path
+from tga_jax.models.siglip import vision_tower
 
 Tensors = Mapping[str, tuple[tuple, Callable[[], np.ndarray]]]
 VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
@@ -183,12 +183,6 @@ TEXT_RULES: tuple[Rule, ...] = (
 )
 
 
-def _set(tree: dict, path, value) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
-
-
 def _get(tree, path):
   for key in path:
     tree = tree[key]
@@ -221,7 +215,7 @@ def convert_tower(tensors: Tensors, rules, cfg: ClipConfig, problems: list[str],
     value = rule.to_ours(np.asarray(load()), cfg).astype(dtype)
     seen.add(name)
     if not rule.per_layer:
-      _set(params, rule.path, value)
+      set_path(params, rule.path, value)
       continue
     layer = int(match.group(1))
     if layer >= cfg.num_layers:
@@ -233,7 +227,7 @@ def convert_tower(tensors: Tensors, rules, cfg: ClipConfig, problems: list[str],
     names = [rule.hf.format(l=i) for i in range(cfg.num_layers)] if rule.per_layer else [rule.hf]
     problems.extend(f"missing: {prefix}{n} {tuple(rule.hf_shape(cfg))}" for n in names if n not in seen)
   for path, stack in stacks.items():
-    _set(params, path, stack)
+    set_path(params, path, stack)
   return params
 
 

@@ -7,7 +7,6 @@ unknown, missing and mis-shaped tensor and raises once, naming them all.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -15,15 +14,12 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from tga_jax.llama import LlamaConfig
+from tga_jax.models.llama import LlamaConfig
+from tga_jax.weights.safetensors_io import Rule, WeightsError, natural_key, set_path
 
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}
 # Tensors some checkpoints carry that hold nothing we need (old rotary caches).
 IGNORED = (re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"),)
-
-
-class WeightsError(ValueError):
-  """A checkpoint does not fit the model: lists every problem at once."""
 
 
 def config_from_hf(hf: Mapping, where: str = "config.json", **overrides) -> LlamaConfig:
@@ -118,25 +114,6 @@ def config_to_hf(config: LlamaConfig) -> dict:
   return hf
 
 
-@dataclasses.dataclass(frozen=True)
-class Rule:
-  """One HF tensor name pattern and how it maps onto our tree."""
-  hf: str                                   # with '{l}' for the layer index
-  path: tuple[str, ...]                     # our param path; stacked over layers when hf has '{l}'
-  hf_shape: Callable[[LlamaConfig], tuple]
-  to_ours: Callable[[np.ndarray, LlamaConfig], np.ndarray]
-  to_hf: Callable[[np.ndarray, LlamaConfig], np.ndarray]
-  when: Callable[[LlamaConfig], bool] = lambda c: True
-
-  @property
-  def per_layer(self) -> bool:
-    return "{l}" in self.hf
-
-  @property
-  def regex(self) -> re.Pattern:
-    return re.compile(re.escape(self.hf).replace(r"\{l\}", r"(\d+)"))
-
-
 def _identity(w, c):
   return w
 
@@ -209,12 +186,6 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
-
-
 def params_from_hf(tensors: Mapping[str, tuple[tuple, Callable[[], np.ndarray]]], config: LlamaConfig,
                    source: str, dtype=np.float32) -> dict:
   """Our param tree (numpy, `dtype`) from HF-named tensors.
@@ -232,7 +203,7 @@ def params_from_hf(tensors: Mapping[str, tuple[tuple, Callable[[], np.ndarray]]]
   stacks: dict[tuple, np.ndarray] = {}
   filled: dict[tuple, set] = {}
   params: dict = {}
-  for name in sorted(tensors, key=_natural_key):
+  for name in sorted(tensors, key=natural_key):
     shape, load = tensors[name]
     if any(p.fullmatch(name) for p in IGNORED) or (tied_head and name == "lm_head.weight"):
       continue  # a tied model may still carry a copy of the embeddings as lm_head
@@ -248,7 +219,7 @@ def params_from_hf(tensors: Mapping[str, tuple[tuple, Callable[[], np.ndarray]]]
       continue
     value = rule.to_ours(np.asarray(load()), config).astype(dtype)
     if not rule.per_layer:
-      _set(params, rule.path, value)
+      set_path(params, rule.path, value)
       continue
     layer = int(match.group(1))
     if layer >= config.num_layers:
@@ -272,7 +243,7 @@ def params_from_hf(tensors: Mapping[str, tuple[tuple, Callable[[], np.ndarray]]]
     raise WeightsError(f"{source}: {len(problems)} tensor(s) do not fit the {config.model_type} model "
                        f"({config.num_layers} layers, d={config.hidden_size}):\n  " + "\n  ".join(problems))
   for path, stack in stacks.items():
-    _set(params, path, stack)
+    set_path(params, path, stack)
   return params
 
 
@@ -292,51 +263,3 @@ def params_to_hf(params, config: LlamaConfig, dtype=np.float32) -> dict[str, np.
     else:
       out[rule.hf] = np.ascontiguousarray(rule.to_hf(value, config).astype(dtype))
   return out
-
-
-def _natural_key(name: str):
-  return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def read_safetensors_folder(folder: str) -> dict[str, tuple[tuple, Callable[[], np.ndarray]]]:
-  """HF name -> (shape, loader) over `model.safetensors` or the sharded files its index lists."""
-  from safetensors import SafetensorError, safe_open
-
-  index_path = os.path.join(folder, "model.safetensors.index.json")
-  if os.path.exists(index_path):
-    try:
-      with open(index_path) as f:
-        weight_map = json.load(f)["weight_map"]
-    except (OSError, ValueError, KeyError) as e:
-      raise ValueError(f"{index_path}: not a safetensors index with a 'weight_map' ({e})") from e
-    files = sorted(set(weight_map.values()))
-  else:
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
-    if not files:
-      found = sorted(os.listdir(folder))
-      bins = [f for f in found if f.endswith((".bin", ".pt", ".pth"))]
-      hint = f" (found {bins}: pickled torch files are never loaded; convert them to safetensors)" if bins else ""
-      raise FileNotFoundError(f"{folder}: no *.safetensors file{hint}; found {found}")
-  tensors = {}
-  for name in files:
-    path = os.path.join(folder, name)
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{index_path} lists {name}, which is not in {folder}")
-    try:
-      handle = safe_open(path, framework="numpy")
-      keys = list(handle.keys())
-      shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in keys}
-    except (SafetensorError, OSError, ValueError) as e:
-      raise ValueError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from e
-    for key in keys:
-      tensors[key] = (shapes[key], _tensor_loader(handle, key, path))
-  return tensors
-
-
-def _tensor_loader(handle, key, path):
-  def load():
-    try:
-      return handle.get_tensor(key)
-    except Exception as e:  # noqa: BLE001 -- re-raised with the file and tensor named
-      raise ValueError(f"{path}: cannot read tensor {key}: {e}") from e
-  return load

@@ -6,9 +6,11 @@ import os
 
 import numpy as np
 
-from tga_jax import gguf_io, llama_params
-from tga_jax.llama import LlamaConfig, LlamaForCausalLM
-from tga_jax.models import resolve_model_path
+from tga_jax.weights import gguf_io
+from tga_jax.weights import llama as llama_params
+from tga_jax.models.llama import LlamaConfig, LlamaForCausalLM
+from tga_jax.weights.known_models import resolve_model_path
+from tga_jax.weights.safetensors_io import read_safetensors_folder
 
 
 def load_llm(path: str, **overrides) -> tuple[LlamaForCausalLM, dict]:
@@ -16,13 +18,13 @@ def load_llm(path: str, **overrides) -> tuple[LlamaForCausalLM, dict]:
 
   Args:
     path: an HF folder (config.json + model.safetensors, or shards with model.safetensors.index.json),
-      a `.gguf` file, or a name in `tga_jax.models.KNOWN_MODELS` ('smollm2-135m-instruct').
+      a `.gguf` file, or a name in `tga_jax.weights.known_models.KNOWN_MODELS` ('smollm2-135m-instruct').
     overrides: LlamaConfig run-time fields: dtype, param_dtype, remat_policy, scan_unroll.
   Returns:
     (module, params): params a dict of numpy arrays in `param_dtype` (layers stacked on axis 0);
     `module.apply({'params': params}, input_ids, ...)`.
   Raises:
-    FileNotFoundError / ValueError naming the file and what is wrong; llama_params.WeightsError listing
+    FileNotFoundError / ValueError naming the file and what is wrong; WeightsError listing
     every unknown, missing and mis-shaped tensor.
   """
   path = resolve_model_path(path)
@@ -37,7 +39,7 @@ def load_llm(path: str, **overrides) -> tuple[LlamaForCausalLM, dict]:
     except ValueError as e:
       raise ValueError(f"{config_path}: not valid JSON: {e}") from e
     config = llama_params.config_from_hf(hf_config, config_path, **overrides)
-    tensors = llama_params.read_safetensors_folder(path)
+    tensors = read_safetensors_folder(path)
   elif gguf_io.is_gguf(path):
     hf_config, tensors = gguf_io.read_gguf(path)
     config = llama_params.config_from_hf(hf_config, path, **overrides)

@@ -21,13 +21,14 @@ import jax
 import numpy as np
 
 import trainkit
-from tga_jax import clip_params, llama_params
-from tga_jax.clip import ClipConfig
-from tga_jax.image_processing import ImageProcessingConfig
-from tga_jax.llama_params import WeightsError, read_safetensors_folder
-from tga_jax.llm_loading import load_llm
-from tga_jax.lvlm import LLAVA_IMAGE_TOKEN_INDEX, LlavaLVLM, LvlmConfig
-from tga_jax.projector import Projector, ProjectorConfig
+from tga_jax.weights import clip as clip_params
+from tga_jax.weights import llama as llama_params
+from tga_jax.models.clip import ClipConfig
+from tga_jax.models.image_config import ImageProcessingConfig
+from tga_jax.weights.safetensors_io import WeightsError, read_safetensors_folder
+from tga_jax.weights.llm import load_llm
+from tga_jax.models.lvlm import LLAVA_IMAGE_TOKEN_INDEX, LlavaLVLM, LvlmConfig
+from tga_jax.models.projector import Projector, ProjectorConfig
 
 # (checkpoint prefix, canonical prefix) of the language model's tensors, longest first.
 LLM_PREFIXES = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),

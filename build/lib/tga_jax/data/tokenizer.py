@@ -1,0 +1,83 @@
+"""Tokenizers (with their chat templates) from an HF folder, a GGUF file or a known model name.
+
+A GGUF file carries its vocabulary, merges, special tokens and chat template in its metadata. We rebuild
+the tokenizer from them with the `gguf` and `tokenizers` packages, so the run-time install needs no
+torch (transformers' own GGUF reader imports torch).
+"""
+from __future__ import annotations
+
+import os
+
+from tga_jax.weights.known_models import resolve_model_path
+
+# GGUF token types (llama.cpp's llama_token_type): which vocabulary entries are added tokens.
+_GGUF_NORMAL, _GGUF_CONTROL, _GGUF_USER_DEFINED = 1, 3, 4
+
+
+def load_tokenizer(path: str):
+  """An HF fast tokenizer for `path` (an HF folder, a `.gguf` file, or a name in KNOWN_MODELS)."""
+  from transformers import AutoTokenizer
+
+  path = resolve_model_path(path)
+  if os.path.isdir(path):
+    return AutoTokenizer.from_pretrained(path)
+  return gguf_tokenizer(path)
+
+
+def _gguf_field(reader, key: str, default=None):
+  field = reader.fields.get(key)
+  return default if field is None else field.contents()
+
+
+def gguf_tokenizer(path: str):
+  """The byte-level BPE tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`), without torch.
+
+  Equal token ids to `AutoTokenizer.from_pretrained(folder, gguf_file=...)` (tests/test_tokenizer.py): a
+  byte-level pre-tokenizer without a prefix space, the file's merges, CONTROL and USER_DEFINED entries as
+  added tokens that are never split, and bos/eos/unk/pad from the `*_token_id` fields.
+  """
+  import gguf
+  from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+  from transformers import PreTrainedTokenizerFast
+
+  try:
+    reader = gguf.GGUFReader(path)
+  except Exception as e:  # noqa: BLE001 -- the gguf reader raises assorted types on bad files
+    raise ValueError(f"{path}: not a readable GGUF file: {e}") from e
+  kind = _gguf_field(reader, "tokenizer.ggml.model")
+  if kind != "gpt2":
+    raise ValueError(f"{path}: tokenizer.ggml.model={kind!r}; only byte-level BPE ('gpt2') GGUF tokenizers are "
+                     f"rebuilt without torch. Convert the model to an HF folder (tokenizer.json) instead.")
+  tokens = _gguf_field(reader, "tokenizer.ggml.tokens")
+  merges = _gguf_field(reader, "tokenizer.ggml.merges")
+  if not tokens or merges is None:
+    raise ValueError(f"{path}: GGUF metadata lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
+  types = _gguf_field(reader, "tokenizer.ggml.token_type", [_GGUF_NORMAL] * len(tokens))
+  if len(types) != len(tokens):
+    raise ValueError(f"{path}: tokenizer.ggml.token_type has {len(types)} entries, tokens has {len(tokens)}")
+
+  vocab = {token: i for i, token in enumerate(tokens)}
+  pairs = [tuple(m.split(" ", 1)) for m in merges]
+  backend = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
+  backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+  backend.decoder = decoders.ByteLevel()
+  added = [AddedToken(tokens[i], special=t == _GGUF_CONTROL, normalized=False)
+           for i, t in enumerate(types) if t in (_GGUF_CONTROL, _GGUF_USER_DEFINED)]
+  backend.add_tokens(added)  # ids are the vocabulary's own: each token is already in `vocab`
+
+  def special(name: str):
+    token_id = _gguf_field(reader, f"tokenizer.ggml.{name}_token_id")
+    return None if token_id is None else tokens[int(token_id)]
+
+  return PreTrainedTokenizerFast(
+      tokenizer_object=backend, bos_token=special("bos"), eos_token=special("eos"), unk_token=special("unknown"),
+      pad_token=special("padding"), chat_template=_gguf_field(reader, "tokenizer.chat_template"))
+
+
+def encode_chat(tokenizer, prompt: str, system: str | None = None) -> list[int]:
+  """Token ids of a one-turn chat (the tokenizer's template) ending where the assistant answers."""
+  if not getattr(tokenizer, "chat_template", None):
+    raise ValueError("the tokenizer has no chat template; pass plain prompts (chat=False)")
+  messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+  text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+  return tokenizer(text, add_special_tokens=False)["input_ids"]

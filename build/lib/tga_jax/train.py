@@ -1,0 +1,275 @@
+"""Two-stage LLaVA-style training with Text-Guided Alignment, on trainkit.
+
+    python -m tga_jax.train --config=configs/tga/tiny.py:stage=1 --workdir=runs/tiny/stage1
+    python -m tga_jax.train --config=configs/tga/tiny.py:stage=2,weight=1.0 \\
+        --config.init_from=runs/tiny/stage1 --workdir=runs/tiny/stage2_tga
+
+Stage 1 (plain template, captions as targets) trains the projector only; stage 2 (the config's
+template, "Retrieved Text: {r}. <image>\\n{question}") trains the projector and the LLM, starting from
+stage 1's exported params. The loss is L_LM + lambda(t) * L_guide (tga_jax.guidance); lambda = 0 is
+the plain-LLaVA baseline on identical data. The caption pass (text-only "Describe this scene:
+{caption}", no gradient) runs inside the same jitted step only when lambda > 0; the eval hook always
+measures cos(I_j, C_j) and cos(R_j, C_j) at the guided layers on the held-out split.
+At the end the params are exported to `<workdir>/params` (stage 2's `init_from` reads them).
+"""
+from __future__ import annotations
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+
+import trainkit
+from trainkit.distributed import process_0_first
+from tga_jax.data import llava as llava_data
+from tga_jax.data import procedural
+from tga_jax.models.clip import ClipConfig
+from tga_jax.guidance import guidance_loss, guidance_weight
+from tga_jax.models.image_config import ImageProcessingConfig
+from tga_jax.models.llama import LlamaConfig
+from tga_jax.weights.llm import load_llm
+from tga_jax.models.lvlm import LlavaLVLM, LvlmConfig
+from tga_jax.weights.lvlm import compose_lvlm, load_lvlm, trainable_patterns
+from tga_jax.models.projector import ProjectorConfig
+from tga_jax.data.tokenizer import load_tokenizer
+
+
+def build_model(model_cfg):
+  """(module, params or None, tokenizer). kinds:
+  'random': tiny random CLIP tower + projector + LLaMA (config fields `vision`, `llm`);
+  'llm': a pretrained LLM (`llm`: any load_llm path) with a random `vision` tower and projector;
+  'compose': CLIP folder + LLM + optional projector safetensors; 'llava': a llava-hf folder (`path`)."""
+  tokenizer = load_tokenizer(model_cfg.tokenizer or model_cfg.llm_path or model_cfg.path)
+  kind = model_cfg.kind
+  image_processing = ImageProcessingConfig(size=model_cfg.vision.image_size, crop_size=model_cfg.vision.image_size)
+  runtime = {"dtype": model_cfg.get("dtype", "float32"), "remat_policy": model_cfg.get("remat_policy", "none")}
+  if kind == "llava":
+    module, params = load_lvlm(model_cfg.path, **runtime)
+    return module, params, tokenizer
+  if kind == "compose":
+    module, params = compose_lvlm(model_cfg.vision_path, model_cfg.llm_path, model_cfg.projector or None,
+                                  model_cfg.projector_type, image_pool=model_cfg.get("image_pool", 1),
+                                  feature_layer=model_cfg.get("feature_layer", -2),
+                                  feature_strategy=model_cfg.get("feature_strategy", "default"), **runtime)
+    return module, params, tokenizer
+  vision = ClipConfig(**model_cfg.vision)
+  if kind == "random":
+    llm_cfg, llm_params = LlamaConfig(**model_cfg.llm), None
+  elif kind == "llm":
+    llm_module, llm_params = load_llm(model_cfg.llm_path)
+    llm_cfg = llm_module.config
+  else:
+    raise ValueError(f"model.kind={kind!r}: expected 'random', 'llm', 'compose' or 'llava'")
+  projector = ProjectorConfig(model_cfg.projector_type, vision.hidden_size, llm_cfg.hidden_size)
+  module = LlavaLVLM(LvlmConfig(vision=vision, projector=projector, llm=llm_cfg, image_processing=image_processing))
+  return module, ({"llm": llm_params} if llm_params is not None else None), tokenizer
+
+
+def prepare_data(config, workdir: str) -> str:
+  """The training JSON: config.data.json, or procedural data generated once into <workdir>/data."""
+  if config.data.json:
+    return config.data.json
+  directory = os.path.join(workdir, "data")
+  path = os.path.join(directory, "data.json")
+  if not os.path.exists(path):
+    p = config.data.procedural
+    records = procedural.make_records(p.n, seed=p.seed, image_size=p.image_size)
+    retrieved = procedural.same_scene_retrieval(records, p.seed) if config.stage == 2 else None
+    extra = procedural.text_refusal_records(p.refusals, p.seed) if config.stage == 2 else None
+    procedural.write_llava_dataset(directory, records, config.stage, p.seed, extra=extra, retrieved=retrieved)
+  return path
+
+
+def lm_loss(logits, input_ids, loss_mask):
+  """Mean next-token cross-entropy over the target tokens (loss_mask[t]: token t is predicted from t-1)."""
+  mask = loss_mask[:, 1:]
+  targets = jnp.where(mask, input_ids[:, 1:], 0)
+  per_token = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(jnp.float32), targets)
+  return (per_token * mask).sum() / jnp.maximum(mask.sum(), 1)
+
+
+def make_loss_fn(module: LlavaLVLM, tga_cfg, total_steps: int, always_guide_metrics: bool = False):
+  """trainkit loss_fn(params, batch, rng, step) -> (lm_weight * L_LM + lambda(t) * L_guide, metrics).
+  lm_weight (default 1) = 0 trains on the guidance term alone (an ablation and a test of it)."""
+  layers = tuple(int(j) for j in tga_cfg.layers)
+  guided = tga_cfg.weight > 0 or always_guide_metrics
+
+  def loss_fn(params, batch, rng, step):
+    del rng  # the LVLM has no dropout
+    logits, aux = module.apply({"params": params}, batch["input_ids"], batch["pixel_values"],
+                               batch["attention_mask"], output_hidden_states=guided)
+    lm = lm_loss(logits, batch["input_ids"], batch["loss_mask"])
+    metrics = {"lm_loss": lm}
+    if not guided:
+      return lm, metrics
+    # The caption pass: the same LLM on the caption alone, a fixed target (no gradient).
+    _, caption_aux = module.apply({"params": jax.lax.stop_gradient(params)}, batch["caption_ids"], None,
+                                  batch["caption_attention_mask"], output_hidden_states=True)
+    guide, cos = guidance_loss(aux["hidden_states"], aux["image_mask"], batch["retrieved_mask"],
+                               caption_aux["hidden_states"], batch["caption_mask"], layers, form=tga_cfg.form,
+                               step=step, total_steps=total_steps)
+    weight = guidance_weight(tga_cfg.schedule, tga_cfg.weight, step, total_steps)
+    metrics.update(cos, guide_loss=guide, guide_weight=weight)
+    return tga_cfg.get("lm_weight", 1.0) * lm + weight * guide, metrics
+
+  return loss_fn
+
+
+def load_params(directory: str):
+  """Params exported by a finished run (`<workdir>/params`), as host arrays."""
+  path = os.path.join(os.path.abspath(directory), "params")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: no exported params; init_from must name a finished stage-1 workdir")
+  return jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore(path))
+
+
+def train(config, workdir: str) -> dict:
+  os.makedirs(workdir, exist_ok=True)
+  module, loaded, tokenizer = build_model(config.model)
+  lvlm_cfg = module.config
+  spec = llava_data.ExampleSpec(template=config.data.template, stage=config.stage, max_length=config.data.max_length,
+                                caption_max_length=config.data.caption_max_length, max_images=1,
+                                use_retrieved=config.stage == 2 and config.data.use_retrieved,
+                                caption_template=config.data.caption_template)
+
+  def prepare():
+    json_path = prepare_data(config, workdir)
+    builder = llava_data.LlavaJson(json_path=json_path, image_dir=config.data.image_dir or None,
+                                   heldout_fraction=config.data.heldout_fraction,
+                                   data_dir=config.data.tfds_dir or os.path.join(workdir, "tfds"),
+                                   file_format=llava_data.FILE_FORMAT)
+    return llava_data.prepared(builder)
+
+  sources = process_0_first(prepare, "tga data")  # the workdir is shared between hosts: one writer
+  parse = llava_data.make_parse(tokenizer, lvlm_cfg, spec)
+  skipped = trainkit.SkipCounter()
+  buckets = tuple(config.data.get("buckets", ()))
+  if buckets and jax.process_count() > 1:
+    logging.warning("data.buckets ignored with %d processes: hosts would pick different shapes for one step",
+                    jax.process_count())
+    buckets = ()
+  trim = llava_data.bucket_trimmer(buckets, tuple(config.data.get("caption_buckets", ()))) if buckets else None
+  data = trainkit.make_train_iterator(sources["train"], global_batch_size=config.batch_size, seed=config.seed,
+                                      parse=parse, skip_counter=skipped, batch_transform=trim)
+  sample = jax.tree.map(lambda x: x[None], _first_good(sources["train"], parse))
+
+  mesh = trainkit.make_mesh(config.mesh)
+  init_base = lambda r: module.init(r, sample["input_ids"], sample["pixel_values"], sample["attention_mask"])["params"]  # noqa: E731
+  lora = config.get("lora", None)
+  use_lora = trainkit.lora_enabled(lora)
+  # With LoRA the state's params are {'base': the LVLM's, 'lora': factors}; the loss sees them merged.
+  init = trainkit.with_lora(init_base, lora) if use_lora else init_base
+  abstract = nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
+  config.optimizer.trainable = trainable_for(config, use_lora)
+  tx, schedule, trainable = trainkit.make_optimizer(config.optimizer, config.total_steps, abstract)
+  params = None
+  if config.init_from:
+    params = load_params(config.init_from)
+  elif loaded is not None:
+    fresh = jax.tree.map(np.asarray, nn.meta.unbox(jax.jit(init_base)(jax.random.PRNGKey(config.seed))))
+    params = {**fresh, **loaded}
+  if use_lora and params is not None:
+    params = trainkit.attach_lora(params, init_base, lora, jax.random.PRNGKey(config.seed))
+  state, shardings = trainkit.create_train_state(init, tx, mesh, config.rules, config.seed, params=params)
+  batch_sharding = trainkit.batch_sharding(mesh, config.rules)
+  loss_fn = make_loss_fn(module, config.tga, config.total_steps)
+  if use_lora:
+    loss_fn = trainkit.lora_loss_fn(loss_fn, lora)
+  step = trainkit.make_train_step(loss_fn, tx, shardings, batch_sharding, mesh=mesh, rules=config.rules,
+                                  schedule=schedule, trainable=trainable,
+                                  grad_accum_steps=config.optimizer.grad_accum_steps)
+  eval_fn = make_eval_fn(module, config, sources, parse, mesh) if "validation" in sources else None
+  state = trainkit.train_loop(config, workdir, state, shardings, step, data, batch_sharding, eval_fn=eval_fn,
+                              skip_counter=skipped, progress_bar=config.progress_bar)
+  export = os.path.join(os.path.abspath(workdir), "params")
+  checkpointer = ocp.StandardCheckpointer()
+  # LoRA is merged on export: <workdir>/params is a plain LVLM param tree whatever trained.
+  checkpointer.save(export, trainkit.merged_lora_params(state.params, lora) if use_lora else state.params, force=True)
+  checkpointer.wait_until_finished()
+  return trainkit.update_summary(workdir, exported_params=export)
+
+
+def _first_good(source, parse):
+  for i in range(len(source)):
+    try:
+      return parse(source[i])
+    except trainkit.BadRecord:
+      continue
+  raise ValueError("no usable record in the training split (every record was bad); see the warnings above")
+
+
+def trainable_for(config, use_lora: bool) -> tuple[str, ...]:
+  """The trainable param regexes: config.trainable, else the stage's (LLaVA: projector, then projector +
+  LLM). With LoRA the LLM's own weights stay frozen and its LoRA factors train instead (paths of the
+  LVLM's params gain a 'base/' prefix)."""
+  patterns = tuple(config.get("trainable", ()) or trainable_patterns(config.stage))
+  if not use_lora:
+    return patterns
+  return trainkit.LORA_TRAINABLE + tuple(f"base/{p}" for p in patterns if not p.startswith("llm"))
+
+
+def measured_only(metrics: dict, weight: float) -> dict:
+  """Drops what an eval did not measure: cos_rc/* when no held-out example had a retrieved span (stage 1,
+  or data.use_retrieved off), and guide_loss/guide_weight when the run does not train on guidance
+  (lambda = 0); the cosines stay, as diagnostics of where the images land."""
+  drop = {"retrieved_fraction"}
+  if not metrics.get("retrieved_fraction", 0.0):
+    drop |= {k for k in metrics if k.startswith("cos_rc/")}
+  if not weight:
+    drop |= {"guide_loss", "guide_weight"}
+  return {k: v for k, v in metrics.items() if k not in drop}
+
+
+def make_eval_fn(module, config, sources, parse, mesh):
+  """state -> mean LM loss, guidance loss and per-layer cosines over the held-out split."""
+  metrics_fn = make_loss_fn(module, config.tga, config.total_steps, always_guide_metrics=True)
+  if trainkit.lora_enabled(config.get("lora", None)):
+    metrics_fn = trainkit.lora_loss_fn(metrics_fn, config.lora)
+  sharding = trainkit.batch_sharding(mesh, config.rules)
+
+  @jax.jit
+  def evaluate_batch(params, batch, step):
+    _, metrics = metrics_fn(params, batch, None, step)
+    return metrics
+
+  examples = []
+  for i in range(len(sources["validation"])):
+    try:
+      examples.append(parse(sources["validation"][i]))
+    except trainkit.BadRecord:
+      continue
+  examples = examples[: config.eval_batches * config.batch_size]
+  if not examples:
+    raise ValueError("the held-out split has no usable record; raise data.heldout_fraction")
+  # Fixed-size batches; the last one is filled up with repeats of the first examples (a slight
+  # overweight of those, in exchange for one compiled shape on any number of devices).
+  padded = [examples[i % len(examples)] for i in range(-(-len(examples) // config.batch_size) * config.batch_size)]
+  batches = [jax.tree.map(lambda *xs: np.stack(xs), *padded[i:i + config.batch_size])
+             for i in range(0, len(padded), config.batch_size)]
+  logging.info("eval: %d held-out examples in %d batches", len(examples), len(batches))
+
+  # Every host holds all eval batches; each passes on its own contiguous rows (see trainkit.data).
+  local = config.batch_size // jax.process_count()
+  mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+
+  def eval_fn(state) -> dict:
+    totals = {}
+    with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(tuple(r) for r in config.rules)):
+      for batch in batches:
+        batch = jax.tree.map(lambda x: x[mine], batch)
+        metrics = jax.device_get(evaluate_batch(state.params, trainkit.to_global(batch, sharding), state.step))
+        for k, v in metrics.items():
+          totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
+    return measured_only(totals, config.tga.weight)
+
+  return eval_fn
+
+
+if __name__ == "__main__":
+  from trainkit import cli
+  cli.run(train, "configs/tga/tiny.py:stage=1")

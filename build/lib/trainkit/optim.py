@@ -1,0 +1,81 @@
+"""Optimizer, learning-rate schedule and trainable-parameter masks from config.
+
+Config (`config.optimizer`):
+    name='adamw', learning_rate, weight_decay, b1, b2, eps,
+    schedule='cosine' | 'linear' | 'constant', warmup_steps (or warmup_fraction), final_lr_fraction,
+    clip_norm (global-norm clipping; 0 disables),
+    trainable=('.*',)   regexes matched (re.fullmatch) against '/'-joined param paths.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import jax
+import optax
+
+from trainkit.sharding import path_str
+
+
+def make_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
+  """Warmup (linear from 0) followed by cosine, linear decay or a constant."""
+  peak = float(opt_cfg.learning_rate)
+  warmup = int(opt_cfg.get("warmup_steps", 0) or round(opt_cfg.get("warmup_fraction", 0.0) * total_steps))
+  final = peak * float(opt_cfg.get("final_lr_fraction", 0.0))
+  kind = opt_cfg.get("schedule", "cosine")
+  decay_steps = max(total_steps - warmup, 1)
+  if kind == "cosine":
+    after = optax.cosine_decay_schedule(peak, decay_steps, alpha=final / peak if peak else 0.0)
+  elif kind == "linear":
+    after = optax.linear_schedule(peak, final, decay_steps)
+  elif kind == "constant":
+    after = optax.constant_schedule(peak)
+  else:
+    raise ValueError(f"optimizer.schedule={kind!r}: expected 'cosine', 'linear' or 'constant'")
+  if not warmup:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def trainable_mask(params, patterns: Sequence[str]):
+  """Bool tree: True where the param's path ('dense/kernel') fully matches one of the regexes.
+
+  Raises when a pattern matches nothing (a misspelt pattern would silently freeze a model).
+  """
+  compiled = [re.compile(p) for p in patterns]
+  used = set()
+
+  def match(path, _):
+    name = path_str(path)
+    hits = [p.pattern for p in compiled if p.fullmatch(name)]
+    used.update(hits)
+    return bool(hits)
+
+  mask = jax.tree_util.tree_map_with_path(match, params)
+  unused = [p.pattern for p in compiled if p.pattern not in used]
+  if unused:
+    names = [path_str(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    raise ValueError(f"optimizer.trainable: patterns {unused} match no parameter; paths look like "
+                     f"{names[:5]}")
+  return mask
+
+
+def make_optimizer(opt_cfg, total_steps: int, params) -> tuple[optax.GradientTransformation, optax.Schedule, object]:
+  """Returns (tx, schedule, trainable_mask).
+
+  Frozen params (not matched by `trainable`) go through `set_to_zero` inside `multi_transform`,
+  so they get no optimizer state at all; clipping sees only trainable gradients.
+  Weight decay applies to matrices only (ndim >= 2), not to biases and norm scales.
+  """
+  if opt_cfg.get("name", "adamw") != "adamw":
+    raise ValueError(f"optimizer.name={opt_cfg.name!r}: only 'adamw' is implemented")
+  schedule = make_schedule(opt_cfg, total_steps)
+  inner = [optax.clip_by_global_norm(opt_cfg.clip_norm)] if opt_cfg.get("clip_norm", 0.0) else []
+  inner.append(optax.adamw(
+      schedule, b1=opt_cfg.get("b1", 0.9), b2=opt_cfg.get("b2", 0.999), eps=opt_cfg.get("eps", 1e-8),
+      weight_decay=opt_cfg.get("weight_decay", 0.0),
+      mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
+  mask = trainable_mask(params, opt_cfg.get("trainable", (".*",)))
+  labels = jax.tree.map(lambda m: "trainable" if m else "frozen", mask)
+  tx = optax.multi_transform({"trainable": optax.chain(*inner), "frozen": optax.set_to_zero()}, labels)
+  return tx, schedule, mask
