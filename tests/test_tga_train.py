@@ -67,7 +67,7 @@ def test_two_stages_with_resume_and_bad_records_counted(tmp_path):
   lora = small(2, **{"init_from": s1, "total_steps": 2})
   lora.lora.rank, lora.lora.alpha = 2, 4.0
   tga_train.train(lora, s3)
-  before, after = tga_train.load_params(os.path.join(s1, "params")), tga_train.load_params(os.path.join(s3, "params"))
+  before, after = tga_train.load_params(s1), tga_train.load_params(s3)
   assert jax.tree.structure(before) == jax.tree.structure(after)
   jax.tree.map(np.testing.assert_array_equal, before["vision"], after["vision"])
   changed = {jax.tree_util.keystr(path) for path, same in jax.tree_util.tree_flatten_with_path(
