@@ -1,9 +1,23 @@
-"""Test environment: offline hub, CPU only, 8 simulated devices -- set before JAX touches a backend."""
+"""Test environment: offline hub, CPU only, 8 simulated devices -- set before JAX touches a backend.
+
+Compiled programs go to one persistent cache for the session (JAX_COMPILATION_CACHE_DIR, inherited by
+the subprocesses tests start): many tests build the same tiny models, and on 2 cores compiling them
+is most of the suite's time.
+"""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="jax-test-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+# Cache every program that takes a noticeable time to compile (the default skips those under 1 s).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import jax  # noqa: E402
 
