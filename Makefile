@@ -24,8 +24,9 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# Two xdist workers: most of the suite's time is compiling tiny programs, which runs on one core each.
 test: setup-test
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --durations=15 tests
 
 test-fast: setup-test
 	$(BIN)/python -m pytest -q -m "not slow" tests
