@@ -49,6 +49,34 @@ def test_config_and_tokenizer(models, tmp_path):
   assert again("Hello world!")["input_ids"] == tokenizer("Hello world!")["input_ids"]
 
 
+TOKENIZER_TEXTS = [
+    "Hello world!", "  leading spaces\n\n\ttabs and\r\nnewlines", "naïve café — “quotes” 日本語 ünïcödé 😀 🇺🇸",
+    "<|im_start|>user\nhi<|im_end|>\n", "x<|endoftext|>y<jupyter_code>z<repo_name>", "1234567 3.14159 $%^&*()",
+    "don't can't I'M we'll", "", " ", "<|im_start|>", "def f(x):\n    return x ** 2  # square\n",
+    "A" * 300, "mixed<|im_end|>special<|im_start|>tokens"]
+
+
+def test_gguf_tokenizer_without_torch_equals_transformers_gguf_reader():
+  """Our tokenizer is rebuilt from the GGUF metadata with gguf + tokenizers (the run-time install has no
+  torch); transformers' GGUF reader (which needs torch) is the reference: the same ids, decoded texts,
+  special tokens and chat template."""
+  path = resolve_model_path(NAME)
+  ours = tga_jax.load_tokenizer(NAME)
+  reference = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+  for text in TOKENIZER_TEXTS:
+    ids = ours(text)["input_ids"]
+    assert ids == reference(text)["input_ids"], text
+    assert ours.decode(ids) == reference.decode(ids)
+    assert ours.decode(ids, skip_special_tokens=True) == reference.decode(ids, skip_special_tokens=True)
+  assert ours.special_tokens_map == reference.special_tokens_map
+  for messages in ([{"role": "user", "content": "How do I bake bread?"}],
+                   [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Tell me more"}]):
+    text = ours.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert ours(text, add_special_tokens=False)["input_ids"] == reference(text, add_special_tokens=False)["input_ids"]
+
+
 def test_logits_match_transformers(models):
   module, params, tokenizer, reference = models
   texts = ["The capital of France is", "def fibonacci(n):\n    ", "Once upon a time, in a land far away, there lived"]
