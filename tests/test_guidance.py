@@ -54,7 +54,7 @@ def test_equals_numpy_and_ignores_padding(form):
   layers = (2, 3, 4)
   loss, metrics = jax.jit(lambda *a: guidance_loss(*a, layers, form=form, step=3, total_steps=10))(*case)
   assert float(loss) == pytest.approx(np_reference(*case, layers, form, t=0.3), rel=1e-5)
-  assert set(metrics) == {f"cos_{k}/{j}" for k in ("ic", "rc") for j in layers}
+  assert set(metrics) == {f"cos_{k}/{j}" for k in ("ic", "rc") for j in layers} | {"retrieved_fraction"}
   hidden, image_mask, retrieved_mask, caption_hidden, caption_mask = case
   noisy = caption_hidden.copy()
   noisy[:, 3, 3:] = 1e3  # garbage in padded caption positions changes nothing

@@ -50,7 +50,11 @@ def test_reproduce_runs_every_stage_and_caches_them(parts, tmp_path):
   for name in ("results.json", "results.md", "dsr.png", "band.json", "data/stage1.json", "data/stage2.json",
                "analysis/analysis.json", "analysis/probe.png", "eval/plain-s0.json", "eval/tga-s0.json", "eval/tga+rt-s0.json"):
     assert os.path.exists(os.path.join(work, name)), name
-  assert set(results["models"]) == {"plain", "tga", "tga+rt"}  # TGA with and without retrieved text
+  # TGA with and without retrieved text, and both with LoRA on the LLM (the paper's stage 2)
+  assert set(results["models"]) == {"plain", "tga", "tga+rt", "plain_lora", "tga_lora", "tga_lora+rt"}
+  assert results["retrieval"]["corpus_overlap_with_safety_sft"] == 0
+  assert results["stage1"]["steps"] >= 1 and "concept_accuracy" in results["stage1"]
+  assert {"text_dsr", "text_false_refusal"} <= set(results["models"]["tga_lora"])
   for row in results["models"].values():
     for metric in ("dsr", "false_refusal", "concept_accuracy"):  # dsr_shared may be NaN at this scale
       assert 0.0 <= row[metric]["mean"] <= 1.0
