@@ -335,10 +335,9 @@ def align(work: str, seed: int, variant: str, band: dict, scale: Scale) -> str:
 # ---------------------------------------------------------------- stage 5: evaluation
 
 
-def _model(work: str, workdir: str, label: str, scale: Scale):
+def _model(work: str, workdir: str, label: str, scale: Scale, template: str = "chat_template"):
   from tga_jax.safety import eval_inputs
-  return eval_inputs.load_model(f"{label}={workdir}", config=f"{scale.config}:root={work}",
-                                template="chat_template")
+  return eval_inputs.load_model(f"{label}={workdir}", config=f"{scale.config}:root={work}", template=template)
 
 
 def _messages(row: dict, retrieved: bool) -> list[dict]:
@@ -624,8 +623,13 @@ def stage1(work: str, seed: int, band: dict, scale: Scale, workdir: str) -> str:
   curve_path = os.path.join(workdir, "curve.json")
   curve = _read_json(curve_path) if os.path.exists(curve_path) else []
   start = time.perf_counter()
+  done = _read_json(os.path.join(workdir, "summary.json")).get("final_step", 0) if os.path.exists(
+      os.path.join(workdir, "summary.json")) else 0
   for steps in sorted({*scale.stage1_gates, scale.stage1_steps}):
     if steps > scale.stage1_steps or any(point["steps"] == steps for point in curve):
+      continue
+    if steps < done:  # the run is past this point: it cannot be measured any more
+      logging.warning("stage 1 is at step %d: its gate at step %d cannot be measured now", done, steps)
       continue
     config = config_for(work, 1, seed, band, dataclasses.replace(scale, stage1_steps=steps))
     logging.info("stage 1 to step %d -> %s", steps, workdir)
@@ -644,7 +648,8 @@ def stage1_gate(work: str, workdir: str, scale: Scale) -> dict:
   data_dir = os.path.join(work, "data")
   rows = [dict(r, text=CAPTION_PROMPT) for r in _read_json(os.path.join(data_dir, "eval.json"))["image"]
           if r["kind"] == "caption"]
-  result = evaluate_model(_model(work, workdir, "stage1", scale), rows, data_dir, False, scale)
+  # Stage 1 trains on LLaVA's 'plain' template (the image tokens, then the caption): asked the same way.
+  result = evaluate_model(_model(work, workdir, "stage1", scale, template="plain"), rows, data_dir, False, scale)
   named = [mentions(x["reply"], x["concept"]) for x in result["replies"] if x["toxic"]]
   return {"concept_accuracy": result["concept_accuracy"],
           "concept_accuracy_toxic": float(np.mean(named)) if named else float("nan"),
