@@ -725,6 +725,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--no-ablations", action="store_true", help="only lambda = 0 and TGA")
   p.add_argument("--vision", default="", help="use this pretrained tower folder instead of building vision/")
   p.add_argument("--llm", default="", help="use this LLM folder (with benign_answers.jsonl) instead of safe_llm/")
+  p.add_argument("--stage1-steps", type=int, default=0,
+                 help="stage-1 steps (default: the scale's); its gates below this are measured on the way")
   p.add_argument("--config", default=CONFIG, help="the alignment config file, loaded by path (default: %(default)s, "
                  "from the repository root)")
   return p
@@ -734,6 +736,8 @@ def main(argv=None) -> dict:
   args = parser().parse_args(argv)
   logging.set_verbosity(logging.INFO)
   scale = dataclasses.replace(SCALES[args.scale], config=args.config)
+  if args.stage1_steps:
+    scale = dataclasses.replace(scale, stage1_steps=args.stage1_steps)
   return reproduce(args.workdir, list(range(args.seeds)), scale, args.vision, args.llm,
                    not args.no_ablations)
 
