@@ -320,13 +320,12 @@ def align(work: str, seed: int, variant: str, band: dict, scale: Scale) -> str:
   seed's stage 2 starts from it, so the seeds compare the stage-2 variants."""
   from tga_jax.train import train
   workdir = os.path.join(work, "align", *(("stage1",) if variant == "stage1" else (f"seed{seed}", variant)))
+  if variant == "stage1":  # its own cache: the curve's points (a shorter finished stage 1 is continued)
+    return stage1(work, seed, band, scale, workdir)
   if os.path.exists(os.path.join(workdir, "summary.json")) and os.path.isdir(os.path.join(workdir, "params")):
     return workdir
-  if variant == "stage1":
-    return stage1(work, seed, band, scale, workdir)
-  else:
-    config = config_for(work, 2, seed, band, scale, variant)
-    config.init_from = align(work, seed, "stage1", band, scale)
+  config = config_for(work, 2, seed, band, scale, variant)
+  config.init_from = align(work, seed, "stage1", band, scale)
   logging.info("align seed %d %s -> %s", seed, variant, workdir)
   train(config, workdir)
   return workdir
