@@ -37,7 +37,9 @@ demo: setup
 	rm -rf $(DEMO_DIR)
 	$(BIN)/python launch/make_demo.py --workdir=$(DEMO_DIR)
 
-# Safety transfer in miniature (issue 10): about 50 minutes on 2 idle CPU cores; a rerun skips finished stages.
+# Safety transfer in miniature (issues 10, 16): every stage cached, a rerun skips finished ones. The default
+# (3 seeds, ablations, 480 stage-1 steps) has not been timed since issue 16; docs/miniature came from
+# `--seeds 2 --no-ablations --stage1-steps 120` (see the README).
 REPRODUCE_DIR ?= runs/miniature
 reproduce: setup
 	$(BIN)/python -m tga_jax.miniature.reproduce --workdir=$(REPRODUCE_DIR)
