@@ -18,7 +18,7 @@ hash or 'refs/pr/N'.
 
 What is downloaded (`choose_files`): only top-level files; config/tokenizer files (*.json, *.txt,
 *.model, *.jinja, *.tiktoken) and the weights as safetensors (`model.safetensors`, or its shards
-`model-XXXXX-of-YYYYY.safetensors` with `model.safetensors.index.json`; any top-level *.safetensors when
+`model-00001-of-00002.safetensors`-style names with `model.safetensors.index.json`; any top-level *.safetensors when
 those names are absent). A repo without safetensors may be loaded from its GGUF file where the caller
 takes one (tga_jax) and the repo holds exactly one. `.bin`/`.pt` pickles are never downloaded.
 
@@ -187,7 +187,7 @@ def download_model(spec: str, *, gguf: bool = True) -> str:
                               f"({constants.ENDPOINT}/{repo_id} not found; a private repo needs `hf auth login` "
                               f"or HF_TOKEN)") from e
     except HfHubHTTPError as e:
-      status = e.response.status_code if e.response is not None else None
+      status = _http_status(e)
       if status in (401, 403):
         raise PermissionError(f"{repo_id}: the hub refused access (HTTP {status}); log in (`hf auth login`) or set "
                               f"HF_TOKEN") from e
@@ -234,9 +234,14 @@ def upload_folder(folder: str, spec: str, *, commit_message: str | None = None, 
     raise HubUnavailableError(f"cannot push to {repo_id}: the hub ({constants.ENDPOINT}) cannot be reached "
                               f"({type(e).__name__}: {e}); {later}") from e
   except HfHubHTTPError as e:
-    status = e.response.status_code if e.response is not None else None
+    status = _http_status(e)
     if status in (401, 403):
       raise PermissionError(f"cannot push to {repo_id}: the hub refused (HTTP {status}); log in with a write "
                             f"token (`hf auth login`) or set HF_TOKEN; {later}") from e
     raise
   return str(getattr(info, "commit_url", None) or f"{constants.ENDPOINT}/{repo_id}")
+
+
+def _http_status(error) -> int | None:
+  """The HTTP status of a huggingface_hub HTTP error (None when it carries no response)."""
+  return error.response.status_code if error.response is not None else None

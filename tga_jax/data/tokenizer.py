@@ -32,7 +32,7 @@ def _gguf_field(reader, key: str, default=None):
 def gguf_tokenizer(path: str):
   """The byte-level BPE tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`), without torch.
 
-  Equal token ids to `AutoTokenizer.from_pretrained(folder, gguf_file=...)` (tests/test_tokenizer.py): a
+  Equal token ids to transformers' GGUF reader, which needs torch (tests/test_llama_smollm2.py): a
   byte-level pre-tokenizer without a prefix space, the file's merges, CONTROL and USER_DEFINED entries as
   added tokens that are never split, and bos/eos/unk/pad from the `*_token_id` fields.
   """
