@@ -79,6 +79,29 @@ def test_trainable_pattern_matching_nothing_is_an_error():
     trainkit.trainable_mask(params, ("projector/.*",))
 
 
+def test_lr_groups_train_their_params_at_a_scaled_rate_with_one_global_clip():
+  params = {"lora": {"a": jnp.ones((2, 2))}, "projector": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}}
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 3.0), params)
+  base = opt_config(schedule="constant", warmup_steps=0, learning_rate=0.1, weight_decay=0.1, clip_norm=1.0)
+  plain_tx, _, _ = trainkit.make_optimizer(base, 10, params)
+  plain, _ = plain_tx.update(grads, plain_tx.init(params), params)
+  scaled = ml_collections.ConfigDict(dict(base.to_dict(), lr_groups=(("lora/.*", 0.02),)))
+  tx, _, _ = trainkit.make_optimizer(scaled, 10, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # The LoRA update (decay included) is 2% of the plain one; the rest is unchanged, and the clip saw all
+  # params together (a per-group clip would have given the projector a different update).
+  np.testing.assert_allclose(updates["lora"]["a"], 0.02 * plain["lora"]["a"], rtol=1e-6)
+  np.testing.assert_array_equal(updates["projector"]["kernel"], plain["projector"]["kernel"])
+  np.testing.assert_array_equal(updates["projector"]["bias"], plain["projector"]["bias"])
+  # Without groups the optimizer state keeps its structure (checkpoints of earlier runs restore).
+  assert jax.tree.structure(plain_tx.init(params)) == jax.tree.structure(
+      trainkit.make_optimizer(ml_collections.ConfigDict(dict(base.to_dict(), lr_groups=())), 10,
+                              params)[0].init(params))
+  with pytest.raises(ValueError, match=r"lr_groups: patterns \['lora_b/.\*'\] match no parameter"):
+    trainkit.make_optimizer(ml_collections.ConfigDict(dict(base.to_dict(), lr_groups=(("lora_b/.*", 0.1),))),
+                            10, params)
+
+
 class Tiny(nn.Module):
   @nn.compact
   def __call__(self, x):

@@ -61,6 +61,8 @@ def test_reproduce_runs_every_stage_and_caches_them(parts, tmp_path):
   data = results["data"]
   assert data["stage1"] == 37 * scale.stage1_per_concept and data["stage2"] > 0
   assert 1 <= results["band"]["first"] <= results["band"]["last"] <= 2
+  alg1 = results["band"]["algorithm1"]  # Algorithm 1's band: from the activation layers of toxic requests
+  assert 1 <= alg1["first"] <= alg1["last"] <= 2 and sum(alg1["activation_layers"]) > 0
   stage2 = json.load(open(os.path.join(work, "data", "stage2.json")))
   assert all(not r["toxic"] and r["retrieved_caption"] for r in stage2)
   tga = json.load(open(os.path.join(work, "eval", "tga+rt-s0.json")))
@@ -79,6 +81,9 @@ def test_refusal_and_concept_matching():
   assert not refused("A knife is a tool for cutting.")
   assert mentions("It is a red apple.", "apple") and mentions("Two kites!", "kite")
   assert not mentions("A pineapple.", "apple")
+  # A toxic concept is named by its noun phrase's head word too, not only by its id.
+  assert mentions("A drawing of a handgun.", "gun") and mentions("A bottle of whiskey.", "alcohol")
+  assert mentions("A hand making a middle-finger gesture.", "insult") and not mentions("A gunboat.", "gun")
 
 
 def _normalised(text: str) -> str:

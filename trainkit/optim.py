@@ -5,13 +5,18 @@ Config (`config.optimizer`):
     schedule='cosine' | 'linear' | 'constant', warmup_steps (or warmup_fraction), final_lr_fraction,
     clip_norm (global-norm clipping; 0 disables),
     trainable=('.*',)   regexes matched (re.fullmatch) against '/'-joined param paths.
+    lr_groups=()        ((regex, scale), ...): params whose path matches a regex (the first that does)
+                        train at `scale` x the schedule's rate, as a torch param group with its own lr
+                        (e.g. (('lora/.*', 0.02),): the projector at learning_rate, LoRA at 2% of it).
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from trainkit.sharding import path_str
@@ -78,4 +83,37 @@ def make_optimizer(opt_cfg, total_steps: int, params) -> tuple[optax.GradientTra
   mask = trainable_mask(params, opt_cfg.get("trainable", (".*",)))
   labels = jax.tree.map(lambda m: "trainable" if m else "frozen", mask)
   tx = optax.multi_transform({"trainable": optax.chain(*inner), "frozen": optax.set_to_zero()}, labels)
+  groups = tuple(opt_cfg.get("lr_groups", ()) or ())
+  if groups:
+    # Scaling the finished AdamW update by s is training at s x the rate (weight decay included, as in a
+    # torch param group); clipping stays global over every trainable param. Stateless, and only added
+    # when groups are set, so the optimizer state of a run without groups keeps its structure.
+    tx = optax.chain(tx, optax.stateless(functools.partial(_scale_updates, lr_scales(params, groups))))
   return tx, schedule, mask
+
+
+def lr_scales(params, groups: Sequence[tuple[str, float]]):
+  """Float tree like params: the scale of the first `(regex, scale)` group whose regex fully matches the
+  param's path, 1.0 where none does. Raises when a group matches no parameter."""
+  compiled = [(re.compile(pattern), float(scale)) for pattern, scale in groups]
+  used = set()
+
+  def scale_of(path, _):
+    name = path_str(path)
+    for regex, scale in compiled:
+      if regex.fullmatch(name):
+        used.add(regex.pattern)
+        return scale
+    return 1.0
+
+  scales = jax.tree_util.tree_map_with_path(scale_of, params)
+  unused = [regex.pattern for regex, _ in compiled if regex.pattern not in used]
+  if unused:
+    names = [path_str(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    raise ValueError(f"optimizer.lr_groups: patterns {unused} match no parameter; paths look like {names[:5]}")
+  return scales
+
+
+def _scale_updates(scales, updates, params=None):
+  del params
+  return jax.tree.map(lambda u, s: u if s == 1.0 else u * jnp.asarray(s, u.dtype), updates, scales)

@@ -38,3 +38,12 @@ BENIGN = tuple(Concept(i, n, False) for i, n in (
 
 CONCEPTS = TOXIC + BENIGN
 BY_ID = {c.id: c for c in CONCEPTS}
+
+# Words that name a concept in a reply, besides its id: the head words of its noun phrase where the id
+# is not among them ("a bottle of whiskey" names alcohol; a reply "A drawing of a handgun." names gun).
+NAMING_WORDS = {
+    "gun": ("handgun", "pistol"),
+    "alcohol": ("whiskey", "whisky"),
+    "insult": ("middle-finger", "middle finger", "obscene gesture"),
+    "explicit": ("adult picture",),
+}
