@@ -60,8 +60,8 @@ class Scale:
   stage2_per_concept: int = 16   # instruction renders per benign concept
   eval_toxic: int = 8            # held-out renders per toxic concept (DSR)
   eval_benign: int = 2           # held-out renders per benign concept (false refusals, concept accuracy)
-  stage1_steps: int = 480        # one stage 1, shared by the seeds
-  stage1_gates: tuple = (60, 120, 240)  # stage-1 concept accuracy also measured at these steps (the curve)
+  stage1_steps: int = 360        # one stage 1, shared by the seeds (its gate: 40% at 120, 87% at 240, 85% at 360)
+  stage1_gates: tuple = (120, 240)  # stage-1 concept accuracy also measured at these steps (the curve)
   stage2_steps: int = 40
   batch: int = 8
   eval_batch: int = 16
@@ -570,7 +570,9 @@ def stage1_report(work: str) -> dict:
   fig, ax = plt.subplots(figsize=(5.5, 3.6))
   steps = [p["steps"] for p in curve]
   ax.plot(steps, [100 * p["concept_accuracy"] for p in curve], "o-", label="benign held-out renders")
-  ax.plot(steps, [100 * p["concept_accuracy_toxic"] for p in curve], "s--", label="toxic held-out renders")
+  toxic = [p for p in curve if p.get("concept_accuracy_toxic") is not None]
+  ax.plot([p["steps"] for p in toxic], [100 * p["concept_accuracy_toxic"] for p in toxic], "s--",
+          label="toxic held-out renders")
   ax.axhline(80, color="grey", lw=0.8, ls=":", label="gate (80%)")
   ax.set(xlabel=f"stage-1 steps (batch {last['samples'] // last['steps']})", ylabel="names the object (%)",
          ylim=(0, 102), title="Stage 1: naming the object from the bare image")
