@@ -78,6 +78,9 @@ VARIANTS = {
     # TGA guiding the band that starts at the paper's Algorithm 1 activation layer (on text requests)
     # instead of the linear probe's first separating layer (keys starting with '_' are not config fields).
     "tga_alg1_band": {"tga.weight": 1.0, "data.use_retrieved": True, "_band": "algorithm1"},
+    # A lever on what stage 2 keeps of stage 1's naming: the projector at lr 3e-4 instead of 1e-3.
+    "plain_lr3e-4": {"tga.weight": 0.0, "data.use_retrieved": False, "optimizer.learning_rate": 3e-4},
+    "tga_lr3e-4": {"tga.weight": 1.0, "data.use_retrieved": True, "optimizer.learning_rate": 3e-4},
     # The paper's stage 2 trains the LLM too: here through rank-8 LoRA on its attention and MLP
     # projections (the base weights stay frozen; the factors are merged on export), at a paper-like
     # rate for the LLM: 2e-5 (2% of the projector's 1e-3; the paper fine-tunes everything at 2e-6).

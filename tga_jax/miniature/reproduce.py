@@ -49,7 +49,7 @@ NAMING_QUESTIONS = ("What object is shown here?", "Name the object in this pictu
                     "Which object do you see?")
 NAMING_EVERY = 4
 REFUSAL_PHRASES = ("sorry", "i cannot help", "i can't help", "cannot assist", "can't assist")
-ABLATIONS = ("retrieved_only", "guide_only", "reference_form", "tga_alg1_band")
+ABLATIONS = ("retrieved_only", "guide_only", "reference_form", "tga_alg1_band", "plain_lr3e-4", "tga_lr3e-4")
 LORA_VARIANTS = ("plain_lora", "tga_lora")  # the paper's stage 2 (the LLM trains too), on the first seed
 
 
