@@ -34,7 +34,8 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # torch is the numerical reference in tests and benchmarks only, never a run-time dependency.
     # The exact pin matters: an unpinned torch pulls a multi-GB CUDA build.
-    "test": ["pytest", "pytest-xdist==3.8.0", "torch==2.13.0", "accelerate==1.15.0"],
+    # libtpu (jax[tpu], a 213 MB wheel) lets tests compile for TPU topologies without a TPU (trainkit/plan.py).
+    "test": ["pytest", "pytest-xdist==3.8.0", "torch==2.13.0", "accelerate==1.15.0", f"jax[tpu]=={JAX_VERSION}"],
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     "gpu": [f"jax[cuda12]=={JAX_VERSION}"],
 }

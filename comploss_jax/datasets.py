@@ -7,7 +7,8 @@
   With network access, `tfds.builder('glue/sst2', file_format='array_record')` is the same data.
 - `SquadFromFiles`: tfds's `squad/v1.1` from local `train-v1.1.json` / `dev-v1.1.json`.
 - `HotpotQaDistractor`: HotpotQA distractor JSON (`hotpot_train_v1.1.json`,
-  `hotpot_dev_distractor_v1.json`): question, 10 titled paragraphs, supporting flags, answer.
+  `hotpot_dev_distractor_v1.json`): question, 10 titled paragraphs, supporting flags, the
+  supporting-fact sentences as character spans of their paragraphs, answer.
 Records that cannot be parsed are counted, logged with their id, and skipped.
 Read with `builder.as_data_source()[split]` (random access, no TensorFlow).
 """
@@ -131,7 +132,8 @@ class BbcNews(LocalBuilderMessages, tfds.core.GeneratorBasedBuilder):
 class HotpotQaDistractor(LocalBuilderMessages, tfds.core.GeneratorBasedBuilder):
   """HotpotQA distractor setting from its official JSON files."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "supporting-fact sentences as character spans (support_paragraph/start/end)"}
   FILES = {"train": "hotpot_train_v1.1.json", "validation": "hotpot_dev_distractor_v1.json"}
 
   def __init__(self, *, source_dir: str, **kwargs):
@@ -147,6 +149,9 @@ class HotpotQaDistractor(LocalBuilderMessages, tfds.core.GeneratorBasedBuilder):
             "titles": tfds.features.Sequence(tfds.features.Text()),
             "paragraphs": tfds.features.Sequence(tfds.features.Text()),
             "supporting": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.int32)),
+            "support_paragraph": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.int32)),
+            "support_start": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.int32)),
+            "support_end": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.int32)),
             "type": tfds.features.Text()}))
 
   def _split_generators(self, dl_manager):
@@ -178,22 +183,41 @@ class HotpotQaDistractor(LocalBuilderMessages, tfds.core.GeneratorBasedBuilder):
 
 
 def hotpot_example(record: dict) -> dict:
-  """One HotpotQA JSON record -> the builder's features; raises on a malformed record."""
+  """One HotpotQA JSON record -> the builder's features; raises on a malformed record.
+
+  A paragraph is its sentences joined (then stripped). Each supporting fact [title, sentence index]
+  becomes the character span [support_start, support_end) of that sentence in paragraph
+  support_paragraph (facts in the record's order). A fact naming a sentence the paragraph does not
+  have (a known quirk of a few training records) keeps its paragraph's supporting flag but gives no span.
+  """
   supporting_titles = {title for title, _ in record["supporting_facts"]}
-  titles, paragraphs = [], []
+  titles, paragraphs, sentence_spans = [], [], []
   for title, sentences in record["context"]:
     if not isinstance(sentences, list):
       raise ValueError(f"paragraph {title!r}: sentences must be a list")
+    joined = "".join(sentences)
+    text = joined.strip()
+    cursor, spans = -(len(joined) - len(joined.lstrip())), []  # char positions in the stripped text
+    for sentence in sentences:
+      spans.append((max(cursor, 0), min(cursor + len(sentence), len(text))))
+      cursor += len(sentence)
     titles.append(title)
-    paragraphs.append("".join(sentences).strip())
+    paragraphs.append(text)
+    sentence_spans.append(spans)
   missing = supporting_titles - set(titles)
   if missing:
     raise ValueError(f"supporting titles {sorted(missing)} are not among the paragraphs")
   if not str(record["answer"]).strip():
     raise ValueError("empty answer")
+  support = []
+  for title, sentence in record["supporting_facts"]:
+    index = titles.index(title)
+    if isinstance(sentence, int) and 0 <= sentence < len(sentence_spans[index]):
+      support.append((index, *sentence_spans[index][sentence]))
   return {"id": record["_id"], "question": record["question"], "answer": record["answer"], "titles": titles,
           "paragraphs": paragraphs, "supporting": [int(t in supporting_titles) for t in titles],
-          "type": record.get("type", "")}
+          "support_paragraph": [p for p, _, _ in support], "support_start": [a for _, a, _ in support],
+          "support_end": [b for _, _, b in support], "type": record.get("type", "")}
 
 
 def default_bbc_dir() -> str:

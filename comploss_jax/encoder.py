@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from comploss_jax.ablation import NestedDropout
+from trainkit.json_fields import ConfigError, as_object, float_field, int_field, str_field
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -26,6 +27,9 @@ ACTIVATIONS = {
     "silu": jax.nn.silu,
 }
 SUPPORTED_TYPES = ("bert", "roberta", "electra")
+# The sizes that fix the weights' shapes: config.json must state them (HF always writes them).
+REQUIRED_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "max_position_embeddings")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,19 +54,32 @@ class EncoderConfig:
   remat_policy: str | None = None  # None: no remat; else a jax.checkpoint_policies name
 
   @classmethod
-  def from_hf(cls, hf: dict, **overrides) -> "EncoderConfig":
-    """From a parsed config.json; unknown keys are ignored, unsupported architectures rejected."""
+  def from_hf(cls, hf: dict, where: str = "config.json", **overrides) -> "EncoderConfig":
+    """From a parsed config.json (`where` names it in errors); unknown keys are ignored, unsupported
+    architectures rejected. The sizes that fix the weights' shapes are required (no silent 768): a missing
+    one, a wrong type or a non-positive value raises trainkit's ConfigError naming the file and key."""
+    hf = as_object(hf, where)
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_TYPES:
-      raise ValueError(f"config.json model_type={model_type!r}: supported encoders are {SUPPORTED_TYPES}")
+      raise ConfigError(f"{where}: model_type={model_type!r} is not supported; expected one of {SUPPORTED_TYPES}")
     if hf.get("position_embedding_type", "absolute") != "absolute":
-      raise ValueError(f"config.json position_embedding_type={hf['position_embedding_type']!r}: only "
-                       f"'absolute' is supported")
-    if hf.get("hidden_act", "gelu") not in ACTIVATIONS:
-      raise ValueError(f"config.json hidden_act={hf['hidden_act']!r}: expected one of {sorted(ACTIVATIONS)}")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in hf.items() if k in fields}
-    if values.get("embedding_size") == values.get("hidden_size"):
+      raise ConfigError(f"{where}: 'position_embedding_type' must be 'absolute' (the only one supported), found "
+                        f"{hf['position_embedding_type']!r}")
+    values = {"model_type": model_type}
+    for key in REQUIRED_SIZES:
+      values[key] = int_field(hf, key, where, minimum=1)
+    for key in ("type_vocab_size", "embedding_size"):
+      values[key] = int_field(hf, key, where, default=None, minimum=1)
+    values["pad_token_id"] = int_field(hf, "pad_token_id", where, default=None, minimum=0)
+    values["hidden_act"] = str_field(hf, "hidden_act", where, default=None, choices=ACTIVATIONS)
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+      values[key] = float_field(hf, key, where, default=None, minimum=0.0)
+    values["layer_norm_eps"] = float_field(hf, "layer_norm_eps", where, default=None, positive=True)
+    if values["hidden_size"] % values["num_attention_heads"]:
+      raise ConfigError(f"{where}: 'hidden_size' ({values['hidden_size']}) must be divisible by "
+                        f"'num_attention_heads' ({values['num_attention_heads']})")
+    values = {k: v for k, v in values.items() if v is not None}  # absent: the dataclass default
+    if values.get("embedding_size") == values["hidden_size"]:
       values["embedding_size"] = None
     return cls(**{**values, **overrides})
 

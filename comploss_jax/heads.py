@@ -68,10 +68,26 @@ def classification_losses(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+IGNORE_INDEX = -100  # a span target that is not in the input (e.g. the answer fell outside the window)
+
+
 def span_losses(start_logits, end_logits, start_positions, end_positions):
-  """Per-example start and end cross-entropies, float[B, 2] (compared separately by CmpLoss)."""
-  return jnp.stack([optax.softmax_cross_entropy_with_integer_labels(start_logits, start_positions),
-                    optax.softmax_cross_entropy_with_integer_labels(end_logits, end_positions)], axis=1)
+  """Per-example start and end cross-entropies, float[B, 2] (compared separately by CmpLoss).
+
+  start_logits/end_logits float[B, T]; positions int[B]. A negative position (IGNORE_INDEX) is no
+  target: that entry's loss is 0 and passes no gradient; `span_targets_valid` says which ones are
+  real, for the chain to leave the others out of the ranking.
+  """
+  def one(logits, positions):
+    has = positions >= 0
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(has, positions, 0))
+    return jnp.where(has, ce, 0.0)
+  return jnp.stack([one(start_logits, start_positions), one(end_logits, end_positions)], axis=1)
+
+
+def span_targets_valid(start_positions, end_positions):
+  """bool[B]: the example's answer span is inside its input (both positions >= 0)."""
+  return (start_positions >= 0) & (end_positions >= 0)
 
 
 def with_encoder_params(params, encoder_params):

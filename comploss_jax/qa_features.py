@@ -1,14 +1,13 @@
-"""Extractive QA inputs: SQuAD sliding windows + n-best decoding, HotpotQA cropped views.
+"""Extractive QA inputs: SQuAD sliding windows, n-best decoding, crop sizes for CmpCrop views.
 
-Both use a fast tokenizer's offset mapping to move between characters and tokens.
+Both use a fast tokenizer's offset mapping to move between characters and tokens. HotpotQA's
+views are built in hotpot.py.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from comploss_jax.features import _text
-
-YES_NO_PREFIX = "yes no "  # HotpotQA: yes/no answers become spans over these two words
 
 
 def _token_span(offsets, sequence_ids, char_start: int, char_end: int) -> tuple[int, int] | None:
@@ -81,45 +80,3 @@ def crop_keep_counts(num_distractors: int, num_crops: int, rng: np.random.Genera
     raise ValueError(f"{num_crops} crops need at least as many distractors; this example has {num_distractors}")
   smaller = sorted(rng.choice(num_distractors, size=num_crops, replace=False).tolist(), reverse=True)
   return [num_distractors] + smaller
-
-
-def hotpot_views(tokenizer, example: dict, num_crops: int, max_length: int, rng: np.random.Generator) -> dict:
-  """One HotpotQA example -> [V, L] views (V = 1 + num_crops) with answer token spans per view.
-
-  Every view keeps all supporting paragraphs; view j keeps the first n_j of one random permutation
-  of the distractors (nested: view j's distractors contain view j+1's). Paragraphs stay in their
-  original order. Context = "yes no " + "title: paragraph ..." so yes/no answers are spans too.
-  Returns arrays input_ids/attention_mask/token_type_ids [V, L], start/end [V], kept [V, P] (0/1).
-  """
-  paragraphs = [_text(p) for p in example["paragraphs"]]
-  titles = [_text(t) for t in example["titles"]]
-  supporting = np.asarray(example["supporting"], bool)
-  distractors = rng.permutation(np.flatnonzero(~supporting))
-  answer = _text(example["answer"])
-  views = {k: [] for k in ("input_ids", "attention_mask", "token_type_ids", "start", "end", "kept")}
-  for count in crop_keep_counts(len(distractors), num_crops, rng):
-    kept = supporting.copy()
-    kept[distractors[:count]] = True
-    context, answer_char = YES_NO_PREFIX, None
-    if answer.lower() in ("yes", "no"):
-      answer_char = 0 if answer.lower() == "yes" else len("yes ")
-    for title, paragraph, keep in zip(titles, paragraphs, kept):
-      if not keep:
-        continue
-      segment = f"{title}: {paragraph} "
-      if answer_char is None and answer in paragraph:
-        answer_char = len(context) + len(title) + 2 + paragraph.index(answer)
-      context += segment
-    enc = tokenizer(_text(example["question"]), context, truncation="only_second", max_length=max_length,
-                    return_offsets_mapping=True, padding="max_length")
-    span = None
-    if answer_char is not None:
-      length = len("yes") if answer.lower() == "yes" else len("no") if answer.lower() == "no" else len(answer)
-      span = _token_span(enc["offset_mapping"], enc.sequence_ids(), answer_char, answer_char + length)
-    views["input_ids"].append(enc["input_ids"])
-    views["attention_mask"].append(enc["attention_mask"])
-    views["token_type_ids"].append(enc.get("token_type_ids", [0] * max_length))
-    views["start"].append(span[0] if span else 0)
-    views["end"].append(span[1] if span else 0)
-    views["kept"].append(kept.astype(np.int32))
-  return {k: np.asarray(v, np.int32) for k, v in views.items()}

@@ -9,7 +9,10 @@ the best epoch was selected on, named by "selected_on"; optimistic) and, only fo
 held-out labelled test split (BBC), their test scores under "test". GLUE's test labels are hidden,
 so GLUE reports dev only.
 `config.cmp.n_drop = 0` is the plain baseline; n_drop = c trains on the comparative loss over the
-full model and c nested-dropout submodels, all in one vmapped, jitted, sharded step.
+full model and c nested-dropout submodels, all in one vmapped, jitted, sharded step. For single-text
+tasks, `config.cmp.n_crop` adds CmpCrop submodels: views of each training text that keep a nested,
+shrinking subset of its sentences or paragraphs (`config.data.crop_unit`; see crop_views.py).
+`config.model_layers` (where a config has it) > 0 keeps only the checkpoint's first layers.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from jax.experimental import multihost_utils
 import trainkit
 from comploss_jax import datasets
 from comploss_jax.ablation import submodel_batch_size
+from comploss_jax.crop_views import classification_crop_views
 from comploss_jax.encoder_params import load_encoder, resolve_model_dir
 from comploss_jax.features import encode_classification, stratified_subset
 from comploss_jax.heads import SequenceClassifier, classification_losses, with_encoder_params
@@ -108,7 +112,8 @@ def train(config, workdir: str) -> dict:
   model_dir = resolve_model_dir(config.model)
   from transformers import AutoTokenizer
   tokenizer = AutoTokenizer.from_pretrained(model_dir)
-  encoder, encoder_params = load_encoder(config.model)
+  # model_layers > 0: a shallower model made of the checkpoint's first layers (0: all of them).
+  encoder, encoder_params = load_encoder(config.model, num_layers=config.get("model_layers", 0) or None)
   model = SequenceClassifier(encoder.config, task.num_labels)
 
   # Process 0 builds the tfds dataset first: hosts sharing tfds_dir must not write it concurrently.
@@ -135,9 +140,20 @@ def train(config, workdir: str) -> dict:
     pred = logits[:, 0] if task.num_labels == 1 else logits.argmax(-1)
     return classification_metrics(pred, arrays["labels"], task.metrics)
 
-  examples = [{k: v[i] for k, v in train_arrays.items()} for i in range(len(keep))]
+  n_crop = config.cmp.get("n_crop", 0)
+  if n_crop:  # CmpCrop: nested views that drop sentences/paragraphs, drawn once with the run's seed
+    views = classification_crop_views(tokenizer, [train_records[i] for i in keep], task.text_keys,
+                                      config.data.max_length, n_crop, np.random.default_rng(config.seed),
+                                      config.data.get("crop_unit", "sentence"))
+    if not np.array_equal(views["input_ids"][:, 0], train_arrays["input_ids"]):
+      raise AssertionError("view 0 of the cropped inputs differs from the plain encoding")
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    examples = [{"labels": views["labels"][i], "views": {k: views[k][i] for k in keys}} for i in range(len(keep))]
+  else:
+    examples = [{k: v[i] for k, v in train_arrays.items()} for i in range(len(keep))]
   return fit(config, workdir, model, encoder_params, per_example, examples, dev_arrays, test_arrays, evaluate,
-             task.select, {"task": task.name, "train_size": len(keep)})
+             task.select, {"task": task.name, "train_size": len(keep), "layers": encoder.config.num_hidden_layers,
+                           "max_length": config.data.max_length})
 
 
 def predict_in_batches(predict, params, arrays: dict, size: int, keys=("input_ids", "attention_mask", "token_type_ids")):
@@ -172,11 +188,16 @@ def _chunk_placer(params, size: int):
   return lambda x: jax.make_array_from_callback(x.shape, batch, lambda index: x[index])
 
 
-def fit(config, workdir, model, encoder_params, per_example, examples, dev, test, evaluate, select, info) -> dict:
+def fit(config, workdir, model, encoder_params, per_example, examples, dev, test, evaluate, select, info,
+        make_data=None) -> dict:
   """The part every comparative-loss task shares: optimizer, sharded state from the pretrained
   encoder, the chain's loss in a trainkit step, the loop with per-epoch dev evaluation and
   best-on-dev params, then results.json: "dev" (the selection split's scores of the best params),
-  "selected_on" ('dev/<select>') and, when `test` (held-out arrays) is not None, "test"."""
+  "selected_on" ('dev/<select>') and, when `test` (held-out arrays) is not None, "test".
+
+  examples: a sequence of training examples (dicts of arrays; `examples[0]` gives the input shapes).
+  make_data: batch_size -> the checkpointable training iterator, for inputs drawn anew on every pass
+  (HotpotQA's views); None: trainkit.make_train_iterator over `examples` with the run's seed."""
   settings = settings_from(config.cmp)
   batch_size = submodel_batch_size(config.batch_size, settings.num_submodels, config.cmp.keep_compute_fixed)
   steps_per_epoch = max(len(examples) // batch_size, 1)
@@ -201,7 +222,10 @@ def fit(config, workdir, model, encoder_params, per_example, examples, dev, test
   step = trainkit.make_train_step(make_loss_fn(per_example, settings), tx, shardings, batch_sharding, mesh=mesh,
                                   rules=config.rules, schedule=schedule, trainable=trainable,
                                   grad_accum_steps=config.optimizer.grad_accum_steps)
-  data = trainkit.make_train_iterator(examples, global_batch_size=batch_size, seed=config.seed)
+  if make_data is not None:
+    data = make_data(batch_size)
+  else:
+    data = trainkit.make_train_iterator(examples, global_batch_size=batch_size, seed=config.seed)
   keeper = BestKeeper(workdir, select)
 
   def eval_fn(state) -> dict:

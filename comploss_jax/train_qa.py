@@ -5,10 +5,13 @@
 
 SQuAD: sliding windows (max_length, stride), start/end cross-entropies compared separately by the
 comparative loss, n-best span decoding, EM/F1 as the official script computes them.
-HotpotQA: question + 10 paragraphs; CmpCrop views keep every supporting paragraph and a nested,
-shrinking subset of distractors; yes/no answers are spans over a "yes no" prefix. Crops are drawn
-once per example with the run's seed. Answer EM/F1/precision/recall as hotpot_evaluate_v1.py
-(the model predicts no supporting facts, so no sp/joint scores).
+HotpotQA (hotpot.py): question + 10 paragraphs, each cut to data.paragraph_tokens (the answer's
+paragraph keeps the answer); CmpCrop views keep every supporting paragraph and a nested, shrinking
+subset of distractors; yes/no answers are spans over a "yes no" prefix. The paragraph order and the
+crops are redrawn on every pass over the data from (seed, epoch, example index), inside the input
+pipeline. A view whose answer is not in its input has no target and is left out of the ranking
+(submodels.py). Answer EM/F1/precision/recall as hotpot_evaluate_v1.py (the model predicts no
+supporting facts, so no sp/joint scores).
 
 Both score only the public dev split, which also selects the best epoch: results.json reports it
 as "dev" (with "selected_on") and has no "test".
@@ -17,14 +20,14 @@ from __future__ import annotations
 
 
 import jax
-import numpy as np
 
 from comploss_jax import datasets
 from comploss_jax.encoder_params import load_encoder, resolve_model_dir
 from comploss_jax.features import _text
-from comploss_jax.heads import SpanExtractor, span_losses
+from comploss_jax.heads import SpanExtractor, span_losses, span_targets_valid
+from comploss_jax.hotpot import HotpotTrainViews, hotpot_eval_arrays, pair_template, prepare_hotpot
 from comploss_jax.metrics import hotpot_scores, squad_scores
-from comploss_jax.qa_features import best_spans, hotpot_views, squad_windows
+from comploss_jax.qa_features import best_spans, squad_windows
 from comploss_jax.train import fit, predict_in_batches, records_of
 
 SPLITS = ("train", "validation")
@@ -54,6 +57,7 @@ def train(config, workdir: str) -> dict:
   train_records = records_of(splits["train"])[: config.data.train_size or None]
   dev_records = records_of(splits["validation"])[: config.data.eval_size or None]
 
+  make_data = None
   if config.task == "squad":
     train_arrays = squad_windows(tokenizer, train_records, config.data.max_length, config.data.stride)
     keys = ("input_ids", "attention_mask", "token_type_ids", "start", "end")
@@ -63,15 +67,13 @@ def train(config, workdir: str) -> dict:
     dev["golds"] = {_text(r["id"]): [_text(a) for a in r["answers"]["text"]] for r in dev_records}
     dev["ids"] = [_text(r["id"]) for r in dev_records]
   else:
-    rng = np.random.default_rng(config.seed)
-    views = [hotpot_views(tokenizer, r, config.cmp.n_crop, config.data.max_length, rng) for r in train_records]
-    examples = [{"views": {k: v[k] for k in ("input_ids", "attention_mask", "token_type_ids", "start", "end")}}
-                for v in views]
-    full = [hotpot_views(tokenizer, r, 0, config.data.max_length, rng) for r in dev_records]
-    dev = {k: np.stack([v[k][0] for v in full]) for k in ("input_ids", "attention_mask", "token_type_ids")}
-    dev["offsets"] = np.stack([_offsets(tokenizer, r, config.data.max_length) for r in dev_records])
-    dev["example_index"] = np.arange(len(dev_records), dtype=np.int32)
-    dev["contexts"] = [_hotpot_context(r) for r in dev_records]
+    template = pair_template(tokenizer)
+    caps = dict(paragraph_tokens=config.data.paragraph_tokens, question_tokens=config.data.question_tokens)
+    examples = HotpotTrainViews([prepare_hotpot(tokenizer, r, i, **caps) for i, r in enumerate(train_records)],
+                                template, config.cmp.n_crop, config.data.max_length, config.seed)
+    make_data = examples.iterator  # views redrawn per epoch inside the pipeline
+    dev = hotpot_eval_arrays([prepare_hotpot(tokenizer, r, i, **caps, with_offsets=True)
+                              for i, r in enumerate(dev_records)], template, config.data.max_length)
     dev["golds"] = {_text(r["id"]): _text(r["answer"]) for r in dev_records}
     dev["ids"] = [_text(r["id"]) for r in dev_records]
 
@@ -79,7 +81,10 @@ def train(config, workdir: str) -> dict:
     (start, end), _ = model.apply({"params": params}, inputs["input_ids"], inputs["attention_mask"],
                                   inputs["token_type_ids"], deterministic=False, dropout_power=power,
                                   rngs={"dropout": rng})
-    return span_losses(start, end, inputs["start"], inputs["end"])
+    losses = span_losses(start, end, inputs["start"], inputs["end"])
+    if config.task == "hotpot":  # a view may lack its answer: the chain leaves it out of the ranking
+      return losses, span_targets_valid(inputs["start"], inputs["end"])
+    return losses
 
   predict = jax.jit(lambda p, x: model.apply({"params": p}, x["input_ids"], x["attention_mask"],
                                              x["token_type_ids"])[0])
@@ -95,21 +100,7 @@ def train(config, workdir: str) -> dict:
 
   # No held-out test: the dev split both selects the epoch and is what results.json reports.
   return fit(config, workdir, model, encoder_params, per_example, examples, dev, None, evaluate, "f1",
-             {"task": config.task, "train_size": len(train_records)})
-
-
-def _hotpot_context(record) -> str:
-  """The full (all-paragraph) context string hotpot_views builds for view 0."""
-  from comploss_jax.qa_features import YES_NO_PREFIX
-  parts = [f"{_text(t)}: {_text(p)} " for t, p in zip(record["titles"], record["paragraphs"])]
-  return YES_NO_PREFIX + "".join(parts)
-
-
-def _offsets(tokenizer, record, max_length: int) -> np.ndarray:
-  enc = tokenizer(_text(record["question"]), _hotpot_context(record), truncation="only_second",
-                  max_length=max_length, return_offsets_mapping=True, padding="max_length")
-  return np.asarray([list(o) if s == 1 else [-1, -1] for o, s in zip(enc["offset_mapping"], enc.sequence_ids())],
-                    np.int32)
+             {"task": config.task, "train_size": len(train_records)}, make_data=make_data)
 
 
 if __name__ == "__main__":

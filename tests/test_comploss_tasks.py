@@ -11,7 +11,8 @@ from comploss_jax import datasets
 from comploss_jax.encoder_params import resolve_model_dir
 from comploss_jax.features import stratified_subset
 from comploss_jax.metrics import normalize_answer
-from comploss_jax.qa_features import best_spans, crop_keep_counts, hotpot_views, squad_windows
+from comploss_jax.hotpot import hotpot_views, pair_template, prepare_hotpot, view_rng
+from comploss_jax.qa_features import best_spans, crop_keep_counts, squad_windows
 from configs.comploss import bbc, glue, hotpot, squad
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -94,11 +95,15 @@ def test_hotpot_crop_views_keep_supporting_paragraphs_and_nest(tokenizer, tfds_d
                                             file_format=datasets.FILE_FORMAT))
   assert len(src["train"]) == 4  # the malformed fifth record was counted and skipped
   rng = np.random.default_rng(0)
+  template = pair_template(tokenizer)
   for i in range(len(src["train"])):
     example = src["train"][i]
-    views = hotpot_views(tokenizer, example, num_crops=3, max_length=256, rng=rng)
+    prepared = prepare_hotpot(tokenizer, example, i, paragraph_tokens=64, question_tokens=64)
+    views = hotpot_views(prepared, template, num_crops=3, max_length=256, rng=view_rng(0, 0, i))
     supporting = np.asarray(example["supporting"], bool)
+    assert sorted(example["support_paragraph"]) == list(np.flatnonzero(supporting))  # sentence spans kept
     kept = views["kept"].astype(bool)
+    assert np.array_equal(views["tokens"] > 0, kept)  # 256 tokens hold every kept paragraph here
     assert kept.shape == (4, 10) and kept[0].all()
     assert kept[:, supporting].all()  # supporting paragraphs are never cropped
     for j in range(1, 4):

@@ -1,4 +1,5 @@
-"""trainkit end to end on the digits demo: sharded == single device, exact resume, NaN guard."""
+"""trainkit end to end on the digits demo: sharded == single device, exact resume (each step logged
+once), NaN guard, config checks before anything runs."""
 import os
 import signal
 
@@ -50,10 +51,10 @@ class Intercept:
     self.inner.set_state(state)
 
 
-def run(config, workdir, devices=None, intercept=None):
-  exp = demo.build(config, devices)
+def run(config, workdir, devices=None, intercept=None, exp=None, train_step=None):
+  exp = exp or demo.build(config, devices)
   data = Intercept(exp.data_iter, *intercept) if intercept else exp.data_iter
-  return trainkit.train_loop(config, str(workdir), exp.state, exp.shardings, exp.train_step, data,
+  return trainkit.train_loop(config, str(workdir), exp.state, exp.shardings, train_step or exp.train_step, data,
                              exp.batch_sharding, eval_fn=exp.eval_fn, progress_bar=False)
 
 
@@ -116,15 +117,68 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path):
   np.testing.assert_allclose([a[s] for s in a], [b[s] for s in a], rtol=1e-5)
 
 
-@pytest.mark.parametrize("bad_step", [7, 10])
-def test_nan_stops_the_run_naming_step_and_metric_and_saves_nothing_after(tmp_path, bad_step):
+@pytest.mark.parametrize("bad_step, saved, resume", [
+    (3, [], "no checkpoint exists, so a rerun starts again from step 0"),
+    (7, [5], "a rerun resumes from the latest checkpoint, step 5"),
+    (10, [5], "a rerun resumes from the latest checkpoint, step 5")])
+def test_nan_stops_the_run_naming_step_and_metric_and_saves_nothing_after(tmp_path, bad_step, saved, resume):
   def poison(batch):
     return dict(batch, x=np.full_like(batch["x"], np.nan))
 
-  with pytest.raises(trainkit.NonFiniteError, match=rf"step {bad_step}: loss is nan"):
+  with pytest.raises(trainkit.NonFiniteError, match=rf"step {bad_step}: loss is nan") as stopped:
     run(small_config(), tmp_path, intercept=(bad_step, poison))
-  saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
-  assert saved == [5]
+  assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == saved
+  # The message says what a rerun will find, not the last finite step (which is no checkpoint).
+  assert f"nothing after step {bad_step - 1} was saved, and {resume}." in str(stopped.value)
+
+
+def test_a_run_resumed_after_a_crash_logs_each_step_once(tmp_path):
+  config = small_config()
+  run(config, tmp_path / "straight")
+
+  def crash(batch):
+    raise RuntimeError("host lost")  # like a kill while drawing step 9's batch: steps 6..8 are redone
+
+  with pytest.raises(RuntimeError, match="host lost"):
+    run(config, tmp_path / "resumed", intercept=(9, crash))
+  logged = [r["step"] for r in trainkit.read_jsonl(tmp_path / "resumed" / "metrics.jsonl")]
+  assert logged == list(range(1, 8))  # metrics lag a step: 1..7 were written, 6 and 7 after checkpoint 5
+  with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:
+    f.write('{"step": 8, "split": "tra')  # and the kill tore the line being written
+  run(config, tmp_path / "resumed")
+  rows = trainkit.read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
+  assert [r["step"] for r in rows] == list(range(1, 13))
+  assert {r["step"]: r["loss"] for r in rows} == losses(tmp_path / "straight")
+
+
+@pytest.fixture(scope="module")
+def built():
+  return demo.build(small_config())
+
+
+def never_compiled(state, batch):
+  pytest.fail("the train step ran (and compiled) before the config was checked")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("total_steps", 0, r"config\.total_steps must be a positive number of steps, got 0"),
+    ("checkpoint.every", 0, r"config\.checkpoint\.every must be a positive number of steps .*got 0"),
+    ("checkpoint.every", -5, r"config\.checkpoint\.every must be a positive number of steps .*got -5"),
+    ("batch_size", 30, r"config\.batch_size=30: a global batch of 30 rows is not divisible by the "
+                       r"data-parallel size 4 \(mesh data=2 x fsdp=2\)\. Set config\.batch_size to a multiple of 4")])
+def test_unusable_config_fails_naming_the_field_before_restoring_or_compiling(tmp_path, built, field, value,
+                                                                              message):
+  with pytest.raises(ValueError, match=message):
+    run(small_config(**{field: value}), tmp_path, exp=built, train_step=never_compiled)
+  assert not os.path.exists(tmp_path / "checkpoints")  # failed before the checkpoint manager started
+
+
+def test_batches_the_mesh_cannot_split_fail_before_the_step_compiles(tmp_path, built):
+  """The check also covers trainers whose step batch is not config.batch_size (comploss divides it)."""
+  with pytest.raises(ValueError, match=r"the data iterator's batches \(config\.batch_size=32\): a global "
+                                       r"batch of 30 rows is not divisible by the data-parallel size 4"):
+    run(small_config(), tmp_path, exp=built, train_step=never_compiled,
+        intercept=(1, lambda batch: {k: v[:30] for k, v in batch.items()}))
 
 
 def test_relative_workdir_checkpoints_and_resumes(tmp_path, monkeypatch):

@@ -7,7 +7,8 @@ Texts of the corpus (a .jsonl with 'caption' or 'text' per line, or a .txt with 
 embedded with CLIP's text tower into a ScaNN index (built once and saved under --index); each record's
 image is embedded with the vision tower and its nearest text becomes `retrieved_caption`, after the
 leak guard against the record's own `image_caption`. Records without an image pass through; records
-whose image is missing or unreadable are counted and left unannotated. A report (counts, recall@k of
+whose image is missing, unreadable, not a path, or outside --image-dir (after symlinks) are counted by
+reason, logged with their id and left unannotated. A report (counts, recall@k of
 the index against exact search on these queries, build time) is printed and written beside --out.
 The same `Retriever` serves inference, where TGA must retrieve too.
 """
@@ -27,6 +28,7 @@ from tga_jax.weights.clip import load_clip
 from tga_jax.data.image_processing import preprocess_images
 from tga_jax.models.image_config import ImageProcessingConfig
 from tga_jax.retrieval import RetrievalConfig, TextIndex, exact_search, leak_guard, recall_at_k
+from trainkit.paths import OutsideRoot, inside_root
 
 
 class Retriever:
@@ -88,26 +90,43 @@ def read_corpus(path: str) -> list[str]:
 
 
 def annotate(records: list[dict], retriever: Retriever, image_dir: str, k: int = 1) -> dict:
-  """Adds `retrieved_caption` in place; returns counts and the query embeddings' recall report."""
+  """Adds `retrieved_caption` in place; returns counts and the query embeddings' recall report.
+
+  A record whose image is not a path (or a list of paths), lies outside `image_dir` (after symlinks), or
+  cannot be read is counted under its reason in `unreadable_images`, logged with its id, and left unannotated.
+  """
   todo, images, skipped = [], [], {}
-  for record in records:
+
+  def skip(reason, index, record, detail):
+    skipped[reason] = skipped.get(reason, 0) + 1
+    logging.warning("record %s: %s; left unannotated", record.get("id", f"#{index}"), detail)
+
+  for index, record in enumerate(records):
     if not isinstance(record, dict) or not record.get("image"):
       continue
-    path = os.path.join(image_dir, record["image"] if isinstance(record["image"], str) else record["image"][0])
+    image = record["image"][0] if isinstance(record["image"], list) else record["image"]
+    if not isinstance(image, str):
+      skip("bad image field", index, record, f"'image' must be a path or a list of paths, found {record['image']!r}")
+      continue
+    try:
+      path = inside_root(image_dir, image, "image")
+    except OutsideRoot as e:
+      skip("image outside root", index, record, str(e))
+      continue
     try:
       with Image.open(path) as im:
         images.append(np.asarray(im.convert("RGB"), np.uint8))
       todo.append(record)
     except (OSError, ValueError) as e:
-      skipped[type(e).__name__] = skipped.get(type(e).__name__, 0) + 1
-      logging.warning("record %s: image %s unreadable (%s); left unannotated", record.get("id"), path, e)
+      skip(type(e).__name__, index, record, f"image {path} unreadable ({e})")
   queries = retriever.embed_images(images) if images else np.zeros((0, 1), np.float32)
   guarded = 0
   if todo:
     neighbours = retriever.index.search_texts(queries, k)
     for record, texts in zip(todo, neighbours):
       retrieved = texts[0]
-      safe = leak_guard(retrieved, record.get("image_caption", ""))
+      caption = record.get("image_caption")
+      safe = leak_guard(retrieved, caption if isinstance(caption, str) else "")
       guarded += safe != retrieved
       record["retrieved_caption"] = safe
   return {"annotated": len(todo), "unreadable_images": skipped, "leak_guarded": guarded, "queries": queries}
@@ -128,6 +147,8 @@ def main(argv=None):
 
   with open(args.data) as f:
     records = json.load(f)
+  if not isinstance(records, list):
+    raise SystemExit(f"--data {args.data}: expected a JSON list of LLaVA records, got {type(records).__name__}")
   retriever = Retriever(args.clip, tokenizer=args.tokenizer or None)
   texts = read_corpus(args.corpus)
   start = time.perf_counter()

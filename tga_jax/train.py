@@ -14,7 +14,9 @@ At the end the params are exported to `<workdir>/params` (stage 2's `init_from` 
 """
 from __future__ import annotations
 
+import json
 import os
+import types
 
 import flax.linen as nn
 import jax
@@ -33,7 +35,12 @@ from tga_jax.guidance import guidance_loss, guidance_weight
 from tga_jax.models.image_config import ImageProcessingConfig
 from tga_jax.models.llama import LlamaConfig
 from tga_jax.weights.llm import load_llm
-from tga_jax.models.lvlm import LlavaLVLM, LvlmConfig
+from tga_jax.models.lvlm import LLAVA_IMAGE_TOKEN_INDEX, LlavaLVLM, LvlmConfig
+from tga_jax.weights import architectures, gguf_io
+from tga_jax.weights import clip as clip_weights
+from tga_jax.weights import llama as llama_weights
+from tga_jax.weights import lvlm as lvlm_weights
+from tga_jax.weights.known_models import resolve_model_path
 from tga_jax.weights.lvlm import compose_lvlm, load_lvlm, trainable_patterns
 from tga_jax.models.projector import ProjectorConfig
 from tga_jax.data.tokenizer import load_tokenizer
@@ -46,7 +53,6 @@ def build_model(model_cfg):
   'compose': CLIP folder + LLM + optional projector safetensors; 'llava': a llava-hf folder (`path`)."""
   tokenizer = load_tokenizer(model_cfg.tokenizer or model_cfg.llm_path or model_cfg.path)
   kind = model_cfg.kind
-  image_processing = ImageProcessingConfig(size=model_cfg.vision.image_size, crop_size=model_cfg.vision.image_size)
   runtime = {"dtype": model_cfg.get("dtype", "float32"), "remat_policy": model_cfg.get("remat_policy", "none")}
   if kind == "llava":
     module, params = load_lvlm(model_cfg.path, **runtime)
@@ -57,7 +63,6 @@ def build_model(model_cfg):
                                   feature_layer=model_cfg.get("feature_layer", -2),
                                   feature_strategy=model_cfg.get("feature_strategy", "default"), **runtime)
     return module, params, tokenizer
-  vision = ClipConfig(**model_cfg.vision)
   if kind == "random":
     llm_cfg, llm_params = LlamaConfig(**model_cfg.llm), None
   elif kind == "llm":
@@ -65,9 +70,90 @@ def build_model(model_cfg):
     llm_cfg = llm_module.config
   else:
     raise ValueError(f"model.kind={kind!r}: expected 'random', 'llm', 'compose' or 'llava'")
-  projector = ProjectorConfig(model_cfg.projector_type, vision.hidden_size, llm_cfg.hidden_size)
-  module = LlavaLVLM(LvlmConfig(vision=vision, projector=projector, llm=llm_cfg, image_processing=image_processing))
+  module = _tower_and_llm(model_cfg, llm_cfg)
   return module, ({"llm": llm_params} if llm_params is not None else None), tokenizer
+
+
+def _tower_and_llm(model_cfg, llm_cfg: LlamaConfig) -> LlavaLVLM:
+  """The 'random' and 'llm' kinds: a random `vision` tower (config fields) and projector before `llm_cfg`."""
+  vision = ClipConfig(**model_cfg.vision)
+  image_processing = ImageProcessingConfig(size=vision.image_size, crop_size=vision.image_size)
+  projector = ProjectorConfig(model_cfg.projector_type, vision.hidden_size, llm_cfg.hidden_size)
+  return LlavaLVLM(LvlmConfig(vision=vision, projector=projector, llm=llm_cfg, image_processing=image_processing))
+
+
+def model_architecture(model_cfg) -> LlavaLVLM:
+  """The module build_model returns, from configuration alone: no weights read, no tokenizer (what
+  the planner, trainkit/plan.py, compiles). For 'compose' and 'llava', a path that exists gives its
+  config.json (a GGUF file its metadata); an unset or absent one falls back to the named architecture
+  in `model.architecture` ({'vision': ..., 'llm': ...}, tga_jax/weights/architectures.py)."""
+  kind = model_cfg.kind
+  runtime = {"dtype": model_cfg.get("dtype", "float32"), "remat_policy": model_cfg.get("remat_policy", "none")}
+  named = dict(model_cfg.get("architecture", None) or {})
+  if kind == "random":
+    return _tower_and_llm(model_cfg, LlamaConfig(**model_cfg.llm))
+  if kind == "llm":
+    return _tower_and_llm(model_cfg, _llm_architecture(model_cfg.llm_path, named.get("llm"), {}))
+  if kind == "llava":
+    config_path = os.path.join(model_cfg.path, "config.json")
+    if not os.path.exists(config_path):
+      raise FileNotFoundError(f"model.path={model_cfg.path!r}: no config.json to plan from")
+    with open(config_path) as f:
+      hf = json.load(f)
+    return LlavaLVLM(lvlm_weights.config_from_hf(hf, config_path, model_cfg.path, **runtime))
+  if kind != "compose":
+    raise ValueError(f"model.kind={kind!r}: expected 'random', 'llm', 'compose' or 'llava'")
+  # As compose_lvlm builds it: the tower takes the matmul dtype only, the LLM the dtype and remat policy.
+  tower = {"dtype": runtime["dtype"], "feature_layer": model_cfg.get("feature_layer", -2),
+           "feature_strategy": model_cfg.get("feature_strategy", "default")}
+  if model_cfg.vision_path and os.path.isdir(model_cfg.vision_path):
+    with open(os.path.join(model_cfg.vision_path, "config.json")) as f:
+      hf = json.load(f)
+    # A CLIPModel's config holds the tower's under vision_config (as load_clip_vision reads it).
+    hf = hf.get("vision_config", hf) if hf.get("model_type") in ("clip", "siglip") else hf
+    vision = clip_weights.vision_config_from_hf(hf, model_cfg.vision_path, **tower)
+  elif named.get("vision"):
+    vision = architectures.vision_config(named["vision"], **tower)
+  else:
+    raise FileNotFoundError(f"model.vision_path={model_cfg.vision_path!r} is not a folder here and "
+                            f"model.architecture names no vision tower ({sorted(architectures.VISION)})")
+  llm = _llm_architecture(model_cfg.llm_path, named.get("llm"), runtime)
+  kind_of_projector = model_cfg.projector_type or "mlp2x_gelu"
+  projector = ProjectorConfig(kind_of_projector, vision.hidden_size, llm.hidden_size, True, dtype=runtime["dtype"])
+  processing = ImageProcessingConfig(size=vision.image_size, crop_size=vision.image_size)
+  return LlavaLVLM(LvlmConfig(vision, projector, llm, LLAVA_IMAGE_TOKEN_INDEX, False, processing,
+                              int(model_cfg.get("image_pool", 1))))
+
+
+def _llm_architecture(path: str, name: str | None, runtime: dict) -> LlamaConfig:
+  """An LLM's config from its folder's config.json or GGUF metadata, else from a named architecture."""
+  if path:
+    try:
+      resolved = resolve_model_path(path)
+    except OSError:  # not here (a hub repo id offline included): the named architecture stands in
+      resolved = None
+    if resolved and os.path.isdir(resolved):
+      with open(os.path.join(resolved, "config.json")) as f:
+        return llama_weights.config_from_hf(json.load(f), resolved, **runtime)
+    if resolved and gguf_io.is_gguf(resolved):
+      return llama_weights.config_from_hf(gguf_io.read_gguf(resolved)[0], resolved, **runtime)
+  if name:
+    return architectures.llm_config(name, **runtime)
+  raise FileNotFoundError(f"model.llm_path={path!r} is not here and model.architecture names no LLM "
+                          f"({sorted(architectures.LLM)})")
+
+
+def example_shapes(config, lvlm_cfg: LvlmConfig) -> dict[str, jax.ShapeDtypeStruct]:
+  """The shape and dtype of each array one parsed training example holds (tga_jax.data.llava.make_parse
+  with this trainer's ExampleSpec: one image slot, lengths max_length / caption_max_length)."""
+  length, caption = config.data.max_length, config.data.caption_max_length
+  size, channels = lvlm_cfg.vision.image_size, lvlm_cfg.vision.num_channels
+  shape = {"input_ids": ((length,), np.int32), "attention_mask": ((length,), np.int32),
+           "loss_mask": ((length,), np.bool_), "retrieved_mask": ((length,), np.bool_),
+           "pixel_values": ((1, size, size, channels), np.float32), "image_counts": ((), np.int32),
+           "caption_ids": ((caption,), np.int32), "caption_attention_mask": ((caption,), np.int32),
+           "caption_mask": ((caption,), np.bool_)}
+  return {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shape.items()}
 
 
 def prepare_data(config, workdir: str) -> str:
@@ -160,13 +246,8 @@ def train(config, workdir: str) -> dict:
 
   mesh = trainkit.make_mesh(config.mesh)
   init_base = lambda r: module.init(r, sample["input_ids"], sample["pixel_values"], sample["attention_mask"])["params"]  # noqa: E731
-  lora = config.get("lora", None)
-  use_lora = trainkit.lora_enabled(lora)
-  # With LoRA the state's params are {'base': the LVLM's, 'lora': factors}; the loss sees them merged.
-  init = trainkit.with_lora(init_base, lora) if use_lora else init_base
-  abstract = nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
-  config.optimizer.trainable = trainable_for(config, use_lora)
-  tx, schedule, trainable = trainkit.make_optimizer(config.optimizer, config.total_steps, abstract)
+  parts = training_parts(config, module, init_base)
+  lora, use_lora = parts.lora, parts.use_lora
   params = None
   if config.init_from:
     params = load_params(config.init_from)
@@ -175,14 +256,9 @@ def train(config, workdir: str) -> dict:
     params = {**fresh, **loaded}
   if use_lora and params is not None:
     params = trainkit.attach_lora(params, init_base, lora, jax.random.PRNGKey(config.seed))
-  state, shardings = trainkit.create_train_state(init, tx, mesh, config.rules, config.seed, params=params)
+  state, shardings = trainkit.create_train_state(parts.init, parts.tx, mesh, config.rules, config.seed, params=params)
   batch_sharding = trainkit.batch_sharding(mesh, config.rules)
-  loss_fn = make_loss_fn(module, config.tga, config.total_steps)
-  if use_lora:
-    loss_fn = trainkit.lora_loss_fn(loss_fn, lora)
-  step = trainkit.make_train_step(loss_fn, tx, shardings, batch_sharding, mesh=mesh, rules=config.rules,
-                                  schedule=schedule, trainable=trainable,
-                                  grad_accum_steps=config.optimizer.grad_accum_steps)
+  step = make_step(config, parts, shardings, mesh)
   eval_fn = make_eval_fn(module, config, sources, parse, mesh) if "validation" in sources else None
   state = trainkit.train_loop(config, workdir, state, shardings, step, data, batch_sharding, eval_fn=eval_fn,
                               skip_counter=skipped, progress_bar=config.progress_bar)
@@ -192,6 +268,60 @@ def train(config, workdir: str) -> dict:
   checkpointer.save(export, trainkit.merged_lora_params(state.params, lora) if use_lora else state.params, force=True)
   checkpointer.wait_until_finished()
   return trainkit.update_summary(workdir, exported_params=export)
+
+
+def training_parts(config, module: LlavaLVLM, init_base) -> types.SimpleNamespace:
+  """What the train step is made of, shared by train() and plan_step() (so the planner compiles this
+  trainer's own step): init (with LoRA factors when config.lora.rank > 0: params {'base', 'lora'}, the loss
+  sees them merged), the optimizer over the stage's trainable params, its schedule and mask, the loss.
+  init_base: rng -> the LVLM's boxed params."""
+  lora = config.get("lora", None)
+  use_lora = trainkit.lora_enabled(lora)
+  init = trainkit.with_lora(init_base, lora) if use_lora else init_base
+  abstract = nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
+  config.optimizer.trainable = trainable_for(config, use_lora)
+  tx, schedule, trainable = trainkit.make_optimizer(config.optimizer, config.total_steps, abstract)
+  loss_fn = make_loss_fn(module, config.tga, config.total_steps)
+  if use_lora:
+    loss_fn = trainkit.lora_loss_fn(loss_fn, lora)
+  return types.SimpleNamespace(init=init, tx=tx, schedule=schedule, trainable=trainable, loss_fn=loss_fn,
+                               lora=lora, use_lora=use_lora)
+
+
+def make_step(config, parts, shardings, mesh):
+  """The jitted, donated train step over `mesh` (trainkit.make_train_step with this trainer's parts)."""
+  return trainkit.make_train_step(parts.loss_fn, parts.tx, shardings, trainkit.batch_sharding(mesh, config.rules),
+                                  mesh=mesh, rules=config.rules, schedule=parts.schedule, trainable=parts.trainable,
+                                  grad_accum_steps=config.optimizer.grad_accum_steps)
+
+
+def plan_step(config, mesh, global_batch: int) -> trainkit.PlannedStep:
+  """This trainer's train step for `mesh` on abstract arguments (trainkit/plan.py compiles it ahead of
+  time): the model from model_architecture (no weights read), the state from jax.eval_shape, a batch of
+  `global_batch` examples at the longest shapes the data pipeline yields (max_length: bucketing only
+  ever cuts batches shorter)."""
+  module = model_architecture(config.model)
+  shapes = example_shapes(config, module.config)
+
+  def init_base(rng):
+    x = {k: jnp.zeros((1,) + s.shape, s.dtype) for k, s in shapes.items()}
+    return module.init(rng, x["input_ids"], x["pixel_values"], x["attention_mask"])["params"]
+
+  parts = training_parts(config, module, init_base)
+  state, shardings = trainkit.abstract_train_state(parts.init, parts.tx, mesh, config.rules)
+  sharding = trainkit.batch_sharding(mesh, config.rules)
+  batch = {k: jax.ShapeDtypeStruct((global_batch,) + s.shape, s.dtype, sharding=sharding) for k, s in shapes.items()}
+  cfg = module.config
+  count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))  # noqa: E731
+  trained = jax.tree.leaves(jax.tree.map(lambda x, t: x if t else None, state.params, parts.trainable))
+  info = {"model": f"LVLM: vision {cfg.vision.num_layers}x{cfg.vision.hidden_size} @ {cfg.vision.image_size}px, "
+                   f"LLM {cfg.llm.num_layers}x{cfg.llm.hidden_size} ({cfg.llm.model_type}), {cfg.llm.dtype} matmuls, "
+                   f"remat {cfg.llm.remat_policy}",
+          "params": count(state.params), "trainable_params": count(trained),
+          "tokens_per_example": int(config.data.max_length), "stage": int(config.stage),
+          "tga_weight": float(config.tga.weight), "remat_policy": cfg.llm.remat_policy,
+          "lora_rank": int(parts.lora.rank) if parts.use_lora else 0}
+  return trainkit.PlannedStep(step=make_step(config, parts, shardings, mesh), state=state, batch=batch, info=info)
 
 
 def _first_good(source, parse):

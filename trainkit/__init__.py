@@ -12,6 +12,10 @@ the shared command line, trainkit/cli.py, does it):
     data = trainkit.make_train_iterator(source, global_batch_size=..., seed=..., parse=...)
     state = trainkit.train_loop(config, workdir, state, shardings, step, data, batch_sharding)
 
+Ahead of time: a trainer that defines `plan_step(config, mesh, global_batch) -> trainkit.PlannedStep` (its
+own step on abstract arguments) can be compiled for a TPU slice or GPU node that this machine does not
+have: `python -m trainkit.plan --config=<file> --target=v5e:16x16` (trainkit/plan.py).
+
 LoRA (`config.lora`, trainkit/lora.py): `init = trainkit.with_lora(init, config.lora)`, state params
 {'base', 'lora'} with `optimizer.trainable = trainkit.LORA_TRAINABLE`, `trainkit.lora_loss_fn(loss_fn,
 config.lora)`, and `trainkit.merged_lora_params(state.params, config.lora)` (plain params) for export.
@@ -32,12 +36,13 @@ from trainkit.mesh import MESH_AXES, make_mesh
 from trainkit.metrics import MetricsWriter, read_jsonl
 from trainkit.optim import make_optimizer, make_schedule, trainable_mask
 from trainkit.sharding import DEFAULT_RULES, batch_sharding, logical_to_shardings, path_str
-from trainkit.state import TrainState, create_train_state
-from trainkit.step import make_train_step
+from trainkit.state import TrainState, abstract_train_state, create_train_state
+from trainkit.step import PlannedStep, make_train_step
 
 __all__ = [
     "BadRecord", "Checkpointer", "apply_overrides", "load_config", "load_config_module", "DEFAULT_RULES", "MESH_AXES", "MetricsWriter", "NonFiniteError",
-    "Preempted", "SkipCounter", "TrainState", "batch_sharding", "create_train_state",
+    "PlannedStep", "Preempted", "SkipCounter", "TrainState", "abstract_train_state", "batch_sharding",
+    "create_train_state",
     "logical_to_shardings", "make_mesh", "make_optimizer", "make_schedule", "make_train_iterator",
     "make_train_step", "path_str", "read_jsonl", "to_global", "train_loop", "trainable_mask",
     "update_summary", "write_json",

@@ -3,27 +3,32 @@
     state = trainkit.train_loop(config, workdir, state, shardings, step_fn, data_iter, batch_sharding)
 
 Config fields read: total_steps, log_every, eval_every (0: off), checkpoint.every, checkpoint.keep,
-checkpoint.use_async, tokens_per_batch (optional: tokens/s from a fixed count; by default a batch's tokens
-are the ones its `attention_mask` marks, counted on the host). The resolved config is written to
-`<workdir>/config.json` and TensorBoard's hparams.
+checkpoint.use_async, batch_size (checked against the data-parallel size), tokens_per_batch (optional:
+tokens/s from a fixed count; by default a batch's tokens are the ones its `attention_mask` marks, counted
+on the host). The resolved config is written to `<workdir>/config.json` and TensorBoard's hparams.
+
+A resumed run first drops the records after its checkpoint's step from `<workdir>/metrics.jsonl` (the
+steps it is about to redo), so readers see each step once. Preemption (SIGTERM) is noticed as
+trainkit/preemption.py describes: on several processes through JAX's preemption sync point, with no
+collective on ordinary steps.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import signal
 import time
 from collections.abc import Callable
 
 import jax
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
 from trainkit.checkpoint import Checkpointer
 from trainkit.data import SkipCounter, to_global
 from trainkit.metrics import MetricsWriter, Progress
+from trainkit.preemption import PreemptionWatch
+from trainkit.workdir_lock import holds_workdir_lock
 
 GUARDED_METRICS = ("loss", "grad_norm")
 
@@ -40,35 +45,42 @@ class Preempted(SystemExit):
     self.step = step
 
 
-class _SigtermFlag:
-  """Turns SIGTERM into a flag checked between steps (the handler itself must not save)."""
-
-  def __init__(self):
-    self.raised = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. a notebook worker): no preemption handling
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint after the current step, then exiting")
-    self.raised = True
-
-  def any_process(self) -> bool:
-    if jax.process_count() == 1:
-      return self.raised
-    return bool(np.max(multihost_utils.process_allgather(np.int32(self.raised))))
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+def validate_config(config, batch_sharding=None) -> None:
+  """Raises ValueError naming the config field for settings the loop cannot run with; cheap, so a run
+  fails here rather than after restoring a checkpoint or compiling a step."""
+  total = config.get("total_steps", None)
+  if total is None or int(total) <= 0:
+    raise ValueError(f"config.total_steps must be a positive number of steps, got {total}")
+  every = config.get("checkpoint", {}).get("every", None)
+  if every is None or int(every) <= 0:
+    raise ValueError(f"config.checkpoint.every must be a positive number of steps (a checkpoint every N "
+                     f"steps), got {every}")
+  batch = config.get("batch_size", None)
+  if batch is not None and batch_sharding is not None:
+    _check_divisible(int(batch), batch_sharding, f"config.batch_size={batch}")
 
 
+def data_parallel_size(batch_sharding) -> tuple[int, str]:
+  """How many ways `batch_sharding` splits the batch dimension, and the mesh axes that do it
+  ('data=2 x fsdp=2'); (1, '') for shardings that do not split it by named mesh axes."""
+  spec = getattr(batch_sharding, "spec", None)
+  mesh = getattr(batch_sharding, "mesh", None)
+  if not spec or mesh is None or spec[0] is None:
+    return 1, ""
+  axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+  sizes = {name: int(mesh.shape[name]) for name in axes}
+  return math.prod(sizes.values()), " x ".join(f"{name}={size}" for name, size in sizes.items())
+
+
+def _check_divisible(rows: int, batch_sharding, what: str) -> None:
+  size, axes = data_parallel_size(batch_sharding)
+  if rows % size:
+    raise ValueError(f"{what}: a global batch of {rows} rows is not divisible by the data-parallel size "
+                     f"{size} (mesh {axes}). Set config.batch_size to a multiple of {size}, or change "
+                     f"config.mesh.")
+
+
+@holds_workdir_lock  # issue 19: one run per workdir, the lock held for the whole call (trainkit/workdir_lock.py)
 def train_loop(
     config,
     workdir: str,
@@ -90,25 +102,29 @@ def train_loop(
     data_iter: a grain DatasetIterator yielding host-local numpy batches; its position is saved
       with each checkpoint and restored on resume.
     eval_fn: state -> dict of scalars, called every `eval_every` steps and at the end.
-  Returns the final state. Raises NonFiniteError, or Preempted after saving on SIGTERM.
+  Returns the final state. Raises ValueError for an unusable config (before restoring or compiling),
+  NonFiniteError, or Preempted after saving on SIGTERM.
   """
+  validate_config(config, batch_sharding)
   ckpt_cfg = config.checkpoint
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every=ckpt_cfg.every,
                               keep=ckpt_cfg.keep, use_async=ckpt_cfg.get("use_async", True))
-  start = checkpointer.latest_step()
+  # The newest step that restores; damaged newer steps are reported, moved aside and logged.
+  start, state, data_state = checkpointer.restore_latest(state, state_shardings)
   if start is not None:
-    state, data_state = checkpointer.restore(start, state, state_shardings)
     data_iter.set_state(data_state)
     logging.info("resumed from %s at step %d", checkpointer.directory, start)
   step = int(start or 0)
   total = int(config.total_steps)
+  if jax.process_index() == 0:  # the steps after the checkpoint are redone: their old records go
+    _drop_records_after(os.path.join(workdir, "metrics.jsonl"), step)
   writer = MetricsWriter(workdir)
   writer.write_config(config)
   progress = Progress(step, total, enabled=progress_bar)
   fixed_tokens = config.get("tokens_per_batch", None)
   log_every = max(int(config.get("log_every", 1)), 1)
   eval_every = int(config.get("eval_every", 0) or 0)
-  last_good = step
+  last_good, last_saved = step, start
   last_metrics: dict = {}
   t_start = time.time()
 
@@ -118,10 +134,12 @@ def train_loop(
     metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     for name in GUARDED_METRICS:
       if name in metrics and not math.isfinite(metrics[name]):
+        resume = (f"a rerun resumes from the latest checkpoint, step {last_saved}" if last_saved is not None
+                  else "no checkpoint exists, so a rerun starts again from step 0")
         raise NonFiniteError(
-            f"step {at}: {name} is {metrics[name]} ({_fmt(metrics)}). Stopped; no checkpoint after "
-            f"step {last_good} was written. Lower the learning rate, clip gradients "
-            f"(optimizer.clip_norm) or check the batch, then rerun to resume from step {last_good}.")
+            f"step {at}: {name} is {metrics[name]} ({_fmt(metrics)}). Stopped; nothing after step "
+            f"{last_good} was saved, and {resume}. Lower the learning rate, clip gradients "
+            f"(optimizer.clip_norm) or check the batch before rerunning.")
     last_good, last_metrics = at, metrics
     due = at % log_every == 0 or at == total
     rate = progress.update(at, metrics, tokens, new_interval=due)
@@ -129,17 +147,23 @@ def train_loop(
       writer.write(at, {**metrics, **rate})
 
   try:
-    with _SigtermFlag() as sigterm:
-      pending = None
+    with PreemptionWatch(step) as preemption:
+      pending, first_step = None, step
       while step < total:
         host_batch = next(data_iter)
+        if step == first_step:  # the first batch's rows, checked before the step compiles
+          rows = jax.tree.leaves(host_batch)[0].shape[0] * jax.process_count()
+          _check_divisible(rows, batch_sharding, f"the data iterator's batches (config.batch_size="
+                                                 f"{config.get('batch_size', None)})")
         tokens = fixed_tokens or _count_tokens(host_batch)
         state, metrics = train_step(state, to_global(host_batch, batch_sharding))
         step += 1
         if pending is not None:
           report(*pending)  # the previous step: already finished, so this does not stall dispatch
         pending = (step, metrics, tokens)
-        preempted = sigterm.any_process()
+        # Every process evaluates the same boundaries: where a collective may run in 'collective' mode.
+        boundary = step == total or step % log_every == 0 or checkpointer.should_save(step)
+        preempted = preemption.check(step, boundary)
         due_eval = eval_fn is not None and (step == total or (eval_every and step % eval_every == 0))
         save = step == total or preempted or checkpointer.should_save(step)
         if save or due_eval:
@@ -147,10 +171,12 @@ def train_loop(
           pending = None
         if save:
           checkpointer.save(step, state, data_iter.get_state())
+          last_saved = step
         if due_eval:
           writer.write(step, eval_fn(state), prefix="eval")
         if preempted:
           checkpointer.wait()
+          logging.warning("preempted: checkpoint of step %d written; rerun the same command to resume", step)
           raise Preempted(step)
       if pending is not None:
         report(*pending)
@@ -167,6 +193,29 @@ def train_loop(
   logging.info("done at step %d; metrics: %s (TensorBoard: %s); checkpoints: %s", step,
                writer.jsonl_path, writer.tensorboard_dir, checkpointer.directory)
   return state
+
+
+def _drop_records_after(path: str, step: int) -> None:
+  """Rewrites the JSON-lines file at `path` (if any) without the records of steps after `step` and
+  without a torn line (a run killed mid-write); atomically, so a crash here loses nothing."""
+  if not os.path.exists(path):
+    return
+  dropped = 0
+  with open(path) as f, open(path + ".tmp", "w") as out:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        record = None
+      if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+        out.write(line if line.endswith("\n") else line + "\n")
+      else:
+        dropped += 1
+  if not dropped:
+    os.remove(path + ".tmp")
+    return
+  os.replace(path + ".tmp", path)
+  logging.info("%s: dropped %d records after step %d (that run's later steps are redone)", path, dropped, step)
 
 
 def _count_tokens(host_batch) -> int | None:

@@ -48,13 +48,8 @@ def create_train_state(
       replace the random init and are placed with the rules' shardings.
   """
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
-  boxed = jax.eval_shape(init_params, init_rng)
-  param_shardings = sharding_lib.logical_to_shardings(boxed, mesh, rules)
-  abstract_params = nn.meta.unbox(boxed)
-  opt_shardings = sharding_lib.like_params_shardings(
-      jax.eval_shape(tx.init, abstract_params), param_shardings, mesh)
-  replicated = NamedSharding(mesh, PartitionSpec())
-  shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated)
+  abstract, shardings = abstract_train_state(init_params, tx, mesh, rules)
+  param_shardings, abstract_params = shardings.params, abstract.params
 
   if params is None:
     def init(rng):
@@ -71,6 +66,23 @@ def create_train_state(
     state = jax.jit(init_from, out_shardings=shardings, donate_argnums=0)(placed)
   sharding_lib.log_shardings(state.params, param_shardings)
   return state, shardings
+
+
+def abstract_train_state(init_params: Callable[[jax.Array], object], tx: optax.GradientTransformation,
+                         mesh: jax.sharding.Mesh, rules) -> tuple[TrainState, TrainState]:
+  """(state, state_shardings) as create_train_state makes them, with nothing allocated: every leaf of
+  `state` is a jax.ShapeDtypeStruct carrying its sharding (what ahead-of-time compilation lowers
+  against, trainkit/plan.py)."""
+  boxed = jax.eval_shape(init_params, jax.ShapeDtypeStruct((2,), jnp.uint32))
+  param_shardings = sharding_lib.logical_to_shardings(boxed, mesh, rules)
+  params = nn.meta.unbox(boxed)
+  opt_state = jax.eval_shape(tx.init, params)
+  opt_shardings = sharding_lib.like_params_shardings(opt_state, param_shardings, mesh)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated)
+  state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt_state,
+                     rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+  return abstract_with_shardings(state, shardings), shardings
 
 
 def check_same_structure(expected, got) -> None:

@@ -6,6 +6,8 @@ fourth parameter named `step` also receives the (traced) step number, for loss-w
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import inspect
 from collections.abc import Callable
 
@@ -97,10 +99,38 @@ def make_train_step(
                    out_shardings=(state_shardings, replicated), donate_argnums=0)
   logical_rules = tuple(tuple(r) for r in rules)
 
-  def run(state: TrainState, batch):
+  @contextlib.contextmanager
+  def context():
     # The mesh and the rules must be in context when the model traces its logical constraints.
     with jax.set_mesh(mesh), nn.logical_axis_rules(logical_rules):
+      yield
+
+  def run(state: TrainState, batch):
+    with context():
       return jitted(state, batch)
 
+  def trace(state, batch):
+    """The step traced on (possibly abstract) arguments: `.jaxpr`, then `.lower().compile()` under
+    `run.context()` -- ahead-of-time compilation (trainkit/plan.py)."""
+    with context():
+      return jitted.trace(state, batch)
+
   run.jitted = jitted  # for .lower()/.cost_analysis() in benchmarks
+  run.context = context
+  run.trace = trace
   return run
+
+
+@dataclasses.dataclass
+class PlannedStep:
+  """A trainer's real train step with abstract arguments, for ahead-of-time compilation (trainkit/plan.py).
+
+  step: what make_train_step returned; state: the TrainState as ShapeDtypeStructs with their shardings
+  (trainkit.state.abstract_train_state); batch: {name: ShapeDtypeStruct[global_batch, ...]} with the batch
+  sharding, the arrays the trainer's data pipeline yields; info: facts to report (param counts, tokens
+  per example, the model's name).
+  """
+  step: Callable
+  state: TrainState
+  batch: dict
+  info: dict = dataclasses.field(default_factory=dict)

@@ -16,7 +16,10 @@ def get_config(arg: str = ""):
   a = parse(arg, stage=1, weight=1.0, seed=0, mesh="gpu8")
   model = dict(kind="compose", tokenizer="", path="", vision_path="", llm_path="", projector="",
                projector_type="mlp2x_gelu", vision=dict(image_size=336), llm=dict(), dtype="bfloat16",
-               remat_policy="nothing_saveable")
+               remat_policy="nothing_saveable",
+               # The shapes of the weights the paths above name, for `python -m trainkit.plan` (which
+               # compiles the step ahead of time without them): tga_jax/weights/architectures.py.
+               architecture=dict(vision="clip-vit-large-patch14-336", llm="vicuna-7b-v1.5"))
   config = base_config(
       stage=a["stage"], seed=a["seed"], weight=a["weight"], layers=tuple(range(10, 19)), template="vicuna_v1",
       lr=1e-3 if a["stage"] == 1 else 2e-5, batch_size=256 if a["stage"] == 1 else 128,

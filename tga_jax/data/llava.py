@@ -7,9 +7,12 @@
 
 A record is {"id", "image" (path, or a list of paths; optional), "conversations": [{"from", "value"}],
 and for TGA "image_caption" / "retrieved_caption"}. Records are stored as they are plus a `problem`
-text (empty when fine): a missing or undecodable image, `<image>` without an image or the reverse, an
-empty conversation. The parse step raises trainkit.BadRecord for them, so each run counts, logs (with
-the id) and skips them, and its summary.json reports the counts.
+text (empty when fine): a missing or undecodable image, an image path outside the image folder (after
+symlinks: '../x', '/etc/x'), an 'image' that is no path, a caption that is no string, `<image>` without an
+image or the reverse, an empty conversation or a malformed turn. The parse step raises trainkit.BadRecord
+for them, so each run counts, logs (with the id) and skips them, and its summary.json reports the counts.
+A null caption is no caption (never the text "None"). A file with no records, or none usable, fails the
+build with an error naming it.
 """
 from __future__ import annotations
 
@@ -21,37 +24,63 @@ import re
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from PIL import Image
 
 from tga_jax.data.conversation import IMAGE, caption_messages, llava_record_to_messages, tokenize_conversation
 from tga_jax.models.lvlm import LvlmConfig
 from tga_jax.data.lvlm_batch import make_lvlm_batch
 from trainkit.data import BadRecord, LocalBuilderMessages
+from trainkit.paths import OutsideRoot, inside_root
 
 FILE_FORMAT = "array_record"
 
 
-def _image_paths(record) -> list[str]:
+ROLES = ("human", "gpt")
+TEXT_FIELDS = ("image_caption", "retrieved_caption")
+
+
+def _image_paths(record) -> list[str] | None:
+  """The record's image paths ([] without an image), or None when 'image' is neither a path nor a list of them."""
   image = record.get("image")
   if image is None:
     return []
-  return [image] if isinstance(image, str) else list(image)
+  paths = [image] if isinstance(image, str) else image
+  if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+    return None
+  return paths
 
 
 def record_problem(record, image_dir: str) -> tuple[str, list[np.ndarray]]:
-  """('' or the reason the record is unusable, decoded uint8 images)."""
+  """('' or the reason the record is unusable, decoded uint8 images).
+
+  The reason starts with its kind ('missing image: ...'), which the run's skip counts group by. Image paths
+  must stay inside `image_dir` after symlinks ('../x', '/etc/x' or a symlink out is 'image outside root').
+  """
   if not isinstance(record, dict):
-    return "not an object", []
+    return f"not an object: a record must be a JSON object, found {type(record).__name__}", []
   turns = record.get("conversations")
   if not isinstance(turns, list) or not turns or not all(isinstance(t, dict) and t.get("value") for t in turns):
     return "empty conversation: 'conversations' must be a non-empty list of {from, value}", []
-  placeholders = sum(str(t.get("value", "")).count(IMAGE) for t in turns)
+  for i, turn in enumerate(turns):
+    if turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
+      return (f"bad turn: conversations[{i}] must have 'from' in {ROLES} and a string 'value', found "
+              f"from={turn.get('from')!r}, value of type {type(turn.get('value')).__name__}"), []
+  for key in TEXT_FIELDS:
+    if record.get(key) is not None and not isinstance(record[key], str):
+      return f"bad {key}: '{key}' must be a string (or absent), found {record[key]!r}"[:300], []
   paths = _image_paths(record)
+  if paths is None:
+    return f"bad image field: 'image' must be a path or a list of paths, found {record.get('image')!r}"[:300], []
+  placeholders = sum(t["value"].count(IMAGE) for t in turns)
   if placeholders != len(paths):
     return f"image count: {placeholders} <image> placeholder(s) but {len(paths)} image(s)", []
   images = []
   for path in paths:
-    full = os.path.join(image_dir, path)
+    try:
+      full = inside_root(image_dir, path, "image")
+    except OutsideRoot as e:
+      return f"image outside root: {e}", []
     if not os.path.exists(full):
       return f"missing image: {path}", []
     try:
@@ -96,6 +125,8 @@ class LlavaJson(LocalBuilderMessages, tfds.core.GeneratorBasedBuilder):
         raise ValueError(f"{self._json_path}: not valid JSON ({e})") from e
     if not isinstance(records, list):
       raise ValueError(f"{self._json_path}: expected a JSON list of records, got {type(records).__name__}")
+    if not records:
+      raise ValueError(f"{self._json_path}: the list of records is empty; a dataset needs at least one record")
     heldout = [self._is_heldout(r, i) for i, r in enumerate(records)]
     splits = {"train": self._generate_examples([(i, r) for i, r in enumerate(records) if not heldout[i]])}
     if self._heldout > 0 and any(heldout):  # a tiny file may hash no id into the held-out fraction
@@ -107,14 +138,24 @@ class LlavaJson(LocalBuilderMessages, tfds.core.GeneratorBasedBuilder):
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < self._heldout
 
   def _generate_examples(self, items):
+    """Every record, each with its `problem` ('' when usable); a split with no usable record is an error
+    naming the file (a run could never draw a batch from it)."""
+    usable, kinds = 0, {}
     for index, record in items:
       problem, images = record_problem(record, self._image_dir)
-      rid = str(record.get("id", f"#{index}")) if isinstance(record, dict) else f"#{index}"
       ok = isinstance(record, dict)
-      yield f"{index}", {
-          "id": rid, "conversations": json.dumps(record.get("conversations", []) if ok else []),
-          "images": images, "image_caption": str(record.get("image_caption", "") if ok else ""),
-          "retrieved_caption": str(record.get("retrieved_caption", "") if ok else ""), "problem": problem}
+      rid = str(record.get("id", f"#{index}")) if ok else f"#{index}"
+      if problem:
+        kinds[problem.split(":")[0]] = kinds.get(problem.split(":")[0], 0) + 1
+        logging.warning("%s: record %s will be skipped: %s", self._json_path, rid, problem)
+      usable += not problem
+      texts = {key: record.get(key) if ok and isinstance(record.get(key), str) else "" for key in TEXT_FIELDS}
+      turns = record.get("conversations", []) if ok and not problem else []
+      yield f"{index}", {"id": rid, "conversations": json.dumps(turns), "images": images, **texts,
+                         "problem": problem}
+    if items and not usable:
+      raise ValueError(f"{self._json_path}: none of its {len(items)} record(s) is usable ({kinds}); the "
+                       f"warnings above name each record and its problem")
 
 
 def prepared(builder) -> dict:

@@ -18,9 +18,11 @@ import json
 import os
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from trainkit.config_files import load_config
+from trainkit.paths import OutsideRoot, inside_root
 from tga_jax.data import procedural
 from tga_jax.data.conversation import caption_messages, tokenize_conversation
 from tga_jax.data.lvlm_batch import make_lvlm_batch
@@ -99,9 +101,14 @@ def _procedural(spec: str, out_dir: str) -> str:
 
 
 def load_pairs(data: str, out_dir: str = ".", image_dir: str = "", limit: int = 0, include_benign: bool = False,
-               benign_only: bool = False) -> list[Pair]:
+               benign_only: bool = False, skipped: dict | None = None) -> list[Pair]:
   """Toxic image/caption pairs from a LLaVA JSON (or procedural data written into out_dir); with
-  include_benign all pairs, with benign_only just the toxic=false ones."""
+  include_benign all pairs, with benign_only just the toxic=false ones.
+
+  A record with a problem (an 'image' that is no path, an image outside the image root after symlinks or
+  unreadable, a caption that is no string or missing) is logged with its id and skipped; `skipped`, when
+  given, receives the counts by reason.
+  """
   if data.split(":")[0] == "procedural":
     data = _procedural(data, out_dir)
   try:
@@ -114,6 +121,7 @@ def load_pairs(data: str, out_dir: str = ".", image_dir: str = "", limit: int = 
   if not isinstance(records, list):
     raise ValueError(f"--data {data}: expected a JSON list of LLaVA records, got {type(records).__name__}")
   root = image_dir or os.path.dirname(os.path.abspath(data))
+  counts = skipped if skipped is not None else {}
   pairs = []
   for i, record in enumerate(records):
     if not isinstance(record, dict) or not record.get("image"):
@@ -122,26 +130,51 @@ def load_pairs(data: str, out_dir: str = ".", image_dir: str = "", limit: int = 
     if (benign_only and toxic) or (not benign_only and not include_benign and not toxic):
       continue
     rid = str(record.get("id", f"#{i}"))
+    pixels, problem = _pair_image(record, root)
     caption = record.get("image_caption") or _first_answer(record)
-    if not caption:
-      raise ValueError(f"--data {data}: record {rid} has no 'image_caption' and no answer to use as its caption")
-    image = record["image"] if isinstance(record["image"], str) else record["image"][0]
-    try:
-      with Image.open(os.path.join(root, image)) as im:
-        pixels = np.asarray(im.convert("RGB"), np.uint8)
-    except OSError as e:
-      raise ValueError(f"--data {data}: record {rid}: image {image} unreadable ({e})") from e
-    pairs.append(Pair(rid, pixels, caption, str(record.get("scene", "unknown")), record.get("retrieved_caption")))
+    if not problem and not isinstance(caption, str):
+      problem = f"bad caption: 'image_caption' must be a string, found {caption!r}"[:300]
+    if not problem and not caption:
+      problem = "no caption: no 'image_caption' and no answer to use as its caption"
+    retrieved = record.get("retrieved_caption")
+    if not problem and retrieved is not None and not isinstance(retrieved, str):
+      problem = f"bad retrieved_caption: must be a string, found {retrieved!r}"[:300]
+    if problem:
+      reason = problem.split(":")[0]
+      counts[reason] = counts.get(reason, 0) + 1
+      logging.warning("--data %s: record %s skipped: %s", data, rid, problem)
+      continue
+    pairs.append(Pair(rid, pixels, caption, str(record.get("scene", "unknown")), retrieved))
     if limit and len(pairs) >= limit:
       break
+  if counts:
+    logging.warning("--data %s: skipped %d record(s) with problems: %s", data, sum(counts.values()), counts)
   if not pairs:
     wanted = " and toxic = false" if benign_only else ("" if include_benign else " and toxic != false")
-    raise ValueError(f"--data {data}: no record with an image{wanted}")
+    extra = f" (skipped for problems: {counts})" if counts else ""
+    raise ValueError(f"--data {data}: no usable record with an image{wanted}{extra}")
   return pairs
 
 
+def _pair_image(record: dict, root: str) -> tuple[np.ndarray | None, str]:
+  """(uint8[H, W, 3] of the record's first image, '') or (None, the problem)."""
+  image = record["image"][0] if isinstance(record["image"], list) and record["image"] else record["image"]
+  if not isinstance(image, str):
+    return None, f"bad image field: 'image' must be a path or a list of paths, found {record['image']!r}"[:300]
+  try:
+    path = inside_root(root, image, "image")
+  except OutsideRoot as e:
+    return None, f"image outside root: {e}"
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert("RGB"), np.uint8), ""
+  except OSError as e:
+    return None, f"unreadable image: {image} ({e})"
+
+
 def _first_answer(record) -> str:
-  for turn in record.get("conversations", []):
+  turns = record.get("conversations")
+  for turn in turns if isinstance(turns, list) else []:
     if isinstance(turn, dict) and turn.get("from") == "gpt":
       return str(turn.get("value", ""))
   return ""

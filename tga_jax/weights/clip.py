@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from tga_jax.models.clip import ClipConfig, ClipModel
-from tga_jax.weights.safetensors_io import Rule, WeightsError, read_safetensors_folder, set_path
+from tga_jax.weights.safetensors_io import Rule, WeightsError, bad_value_hint, read_safetensors_folder, set_path
 from tga_jax.models.siglip import vision_tower
+from trainkit.json_fields import ConfigError, as_object, bool_field, float_field, int_field
 
 Tensors = Mapping[str, tuple[tuple, Callable[[], np.ndarray]]]
 VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
@@ -25,27 +26,31 @@ TEXT_TYPES = ("clip_text_model",)
 def vision_config_from_hf(hf: Mapping, where: str = "config.json", **overrides) -> ClipConfig:
   """ClipConfig of a vision tower from an HF CLIPVisionConfig dict (a `vision_config` section or a
   CLIPVisionModel's config.json). overrides: feature_layer, feature_strategy, dtype, param_dtype, remat_policy."""
+  hf = as_object(hf, where)
   model_type = hf.get("model_type", "clip_vision_model")
   if model_type not in VISION_TYPES:
     raise ValueError(f"{where}: vision model_type={model_type!r} is not supported; expected one of {VISION_TYPES}")
   siglip = model_type == "siglip_vision_model"
   fields = _common_fields(hf, where, "gelu_pytorch_tanh" if siglip else "quick_gelu", 1e-6 if siglip else 1e-5)
-  fields.update(image_size=int(hf.get("image_size", 224)), patch_size=int(hf.get("patch_size", 16 if siglip else 32)),
-                num_channels=int(hf.get("num_channels", 3)), model_type="siglip" if siglip else "clip",
-                use_head=bool(hf.get("vision_use_head", True)))
+  fields.update(image_size=int_field(hf, "image_size", where, default=224, minimum=1),
+                patch_size=int_field(hf, "patch_size", where, default=16 if siglip else 32, minimum=1),
+                num_channels=int_field(hf, "num_channels", where, default=3, minimum=1),
+                model_type="siglip" if siglip else "clip",
+                use_head=bool_field(hf, "vision_use_head", where, default=True))
   fields.update(overrides)
   return ClipConfig(**fields)
 
 
 def text_config_from_hf(hf: Mapping, where: str = "config.json", **overrides) -> ClipConfig:
   """ClipConfig of a text tower from an HF CLIPTextConfig dict."""
+  hf = as_object(hf, where)
   model_type = hf.get("model_type", "clip_text_model")
   if model_type not in TEXT_TYPES:
     raise ValueError(f"{where}: text model_type={model_type!r} is not supported; expected one of {TEXT_TYPES}")
   fields = _common_fields(hf, where)
-  fields.update(vocab_size=int(hf.get("vocab_size", 49408)),
-                max_position_embeddings=int(hf.get("max_position_embeddings", 77)),
-                eos_token_id=int(hf.get("eos_token_id", 2)))
+  fields.update(vocab_size=int_field(hf, "vocab_size", where, default=49408, minimum=1),
+                max_position_embeddings=int_field(hf, "max_position_embeddings", where, default=77, minimum=1),
+                eos_token_id=int_field(hf, "eos_token_id", where, default=2, minimum=0))
   fields.update(overrides)
   return ClipConfig(**fields)
 
@@ -53,13 +58,20 @@ def text_config_from_hf(hf: Mapping, where: str = "config.json", **overrides) ->
 def _common_fields(hf: Mapping, where: str, default_act: str = "quick_gelu", default_eps: float = 1e-5) -> dict:
   missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads") if k not in hf]
   if missing:
-    raise ValueError(f"{where}: CLIP config lacks {missing}")
+    raise ConfigError(f"{where}: CLIP config lacks {missing} (required keys: integers >= 1)")
   act = hf.get("hidden_act", default_act)
   if act not in ("quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh"):
-    raise ValueError(f"{where}: hidden_act={act!r} is not supported")
-  return dict(hidden_size=int(hf["hidden_size"]), intermediate_size=int(hf["intermediate_size"]),
-              num_layers=int(hf["num_hidden_layers"]), num_heads=int(hf["num_attention_heads"]),
-              layer_norm_eps=float(hf.get("layer_norm_eps", default_eps)), hidden_act=act)
+    raise ConfigError(f"{where}: hidden_act={act!r} is not supported")
+  fields = dict(hidden_size=int_field(hf, "hidden_size", where, minimum=1),
+                intermediate_size=int_field(hf, "intermediate_size", where, minimum=1),
+                num_layers=int_field(hf, "num_hidden_layers", where, minimum=1),
+                num_heads=int_field(hf, "num_attention_heads", where, minimum=1),
+                layer_norm_eps=float_field(hf, "layer_norm_eps", where, default=default_eps, positive=True),
+                hidden_act=act)
+  if fields["hidden_size"] % fields["num_heads"]:
+    raise ConfigError(f"{where}: 'hidden_size' ({fields['hidden_size']}) must be divisible by "
+                      f"'num_attention_heads' ({fields['num_heads']})")
+  return fields
 
 
 def vision_config_to_hf(cfg: ClipConfig, projection_dim: int | None = None) -> dict:
@@ -212,8 +224,12 @@ def convert_tower(tensors: Tensors, rules, cfg: ClipConfig, problems: list[str],
       problems.append(f"shape: {prefix}{name} is {tuple(shape)}, expected {want}")
       seen.add(name)
       continue
-    value = rule.to_ours(np.asarray(load()), cfg).astype(dtype)
     seen.add(name)
+    try:
+      value = rule.to_ours(np.asarray(load()), cfg).astype(dtype)
+    except WeightsError as e:  # a non-floating or non-finite tensor: listed with the others
+      problems.append(str(e))
+      continue
     if not rule.per_layer:
       set_path(params, rule.path, value)
       continue
@@ -259,19 +275,20 @@ def _read_config(folder: str) -> dict:
     raise FileNotFoundError(f"{folder}: no config.json; found {sorted(os.listdir(folder))}")
   try:
     with open(path) as f:
-      return json.load(f)
+      hf = json.load(f)
   except ValueError as e:
-    raise ValueError(f"{path}: not valid JSON: {e}") from e
+    raise ConfigError(f"{path}: not valid JSON: {e}") from e
+  return as_object(hf, path)
 
 
-def load_clip_vision(folder: str, **overrides):
+def load_clip_vision(folder: str, allow_bad_values: bool = False, **overrides):
   """The vision tower of a CLIPVisionModel / CLIPModel / SiglipVisionModel / SiglipModel folder (HF
   safetensors) -> (ClipVisionTransformer or SiglipVisionTransformer, params)."""
   hf = _read_config(folder)
   where = os.path.join(folder, "config.json")
   vision_hf = hf.get("vision_config", hf) if hf.get("model_type") in ("clip", "siglip") else hf
   cfg = vision_config_from_hf(vision_hf, where, **overrides)
-  tensors = read_safetensors_folder(folder)
+  tensors = read_safetensors_folder(folder, allow_bad_values)
   vision, prefix = split_prefix(tensors, ("vision_model.",))
   if prefix is None:  # transformers 5 saves a CLIPVisionModel without the `vision_model.` prefix
     vision, prefix = {k: v for k, v in tensors.items() if not k.startswith("text_model.")}, ""
@@ -281,20 +298,21 @@ def load_clip_vision(folder: str, **overrides):
   params = convert_tower(vision, vision_rules(cfg), cfg, problems, prefix, np.dtype(cfg.param_dtype))
   if problems:
     raise WeightsError(f"{folder}: {len(problems)} tensor(s) do not fit the {cfg.model_type} vision tower "
-                       f"({cfg.num_layers} layers, d={cfg.hidden_size}):\n  " + "\n  ".join(problems))
+                       f"({cfg.num_layers} layers, d={cfg.hidden_size}){bad_value_hint(problems)}:\n  "
+                       + "\n  ".join(problems))
   return vision_tower(cfg, name=None), params
 
 
-def load_clip(folder: str, **overrides) -> tuple[ClipModel, dict]:
+def load_clip(folder: str, allow_bad_values: bool = False, **overrides) -> tuple[ClipModel, dict]:
   """A full CLIPModel folder (both towers, projections, logit scale) -> (ClipModel, params)."""
   hf = _read_config(folder)
   where = os.path.join(folder, "config.json")
   if hf.get("model_type") != "clip":
     raise ValueError(f"{where}: model_type={hf.get('model_type')!r}; load_clip expects a CLIPModel ('clip')")
-  vcfg = vision_config_from_hf(hf["vision_config"], where, **overrides)
-  tcfg = text_config_from_hf(hf["text_config"], where, **overrides)
-  projection_dim = int(hf.get("projection_dim", 512))
-  tensors = read_safetensors_folder(folder)
+  vcfg = vision_config_from_hf(as_object(hf.get("vision_config"), where, "vision_config"), where, **overrides)
+  tcfg = text_config_from_hf(as_object(hf.get("text_config"), where, "text_config"), where, **overrides)
+  projection_dim = int_field(hf, "projection_dim", where, default=512, minimum=1)
+  tensors = read_safetensors_folder(folder, allow_bad_values)
   problems: list[str] = []
   vision, _ = split_prefix(tensors, ("vision_model.",))
   text, _ = split_prefix(tensors, ("text_model.",))
@@ -309,13 +327,18 @@ def load_clip(folder: str, **overrides) -> tuple[ClipModel, dict]:
     elif tuple(tensors[name][0]) != shape:
       problems.append(f"shape: {name} is {tuple(tensors[name][0])}, expected {shape}")
     else:
-      value = np.asarray(tensors[name][1](), np.float32)
+      try:
+        value = np.asarray(tensors[name][1](), np.float32)
+      except WeightsError as e:
+        problems.append(str(e))
+        continue
       params[ours] = value if ours == "logit_scale" else {"kernel": value.T}
   known = set(heads)
   problems.extend(f"unexpected: {k} {tuple(tensors[k][0])}" for k in sorted(tensors)
                   if not k.startswith(("vision_model.", "text_model.")) and k not in known)
   if problems:
-    raise WeightsError(f"{folder}: {len(problems)} tensor(s) do not fit the CLIP model:\n  " + "\n  ".join(problems))
+    raise WeightsError(f"{folder}: {len(problems)} tensor(s) do not fit the CLIP model{bad_value_hint(problems)}:\n  "
+                       + "\n  ".join(problems))
   return ClipModel(vcfg, tcfg, projection_dim), params
 
 

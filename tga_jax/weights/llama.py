@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from tga_jax.models.llama import LlamaConfig
-from tga_jax.weights.safetensors_io import Rule, WeightsError, natural_key, set_path
+from trainkit.json_fields import ConfigError, as_object, bool_field, float_field, int_field
+from tga_jax.weights.safetensors_io import Rule, WeightsError, bad_value_hint, natural_key, set_path
 
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}
 # Tensors some checkpoints carry that hold nothing we need (old rotary caches).
@@ -28,8 +29,13 @@ def config_from_hf(hf: Mapping, where: str = "config.json", **overrides) -> Llam
   Args:
     where: names the source in errors (the config.json path).
     overrides: run-time fields (dtype, param_dtype, remat_policy, scan_unroll).
+  Raises:
+    trainkit's ConfigError (a ValueError) naming `where`, the key, what it expects and what it found.
   """
+  hf = as_object(hf, where)
   architectures = hf.get("architectures") or []
+  if not isinstance(architectures, list):
+    raise ConfigError(f"{where}: 'architectures' must be a list of class names, found {architectures!r}")
   model_type = hf.get("model_type")
   known = [SUPPORTED_ARCHITECTURES[a] for a in architectures if a in SUPPORTED_ARCHITECTURES]
   if not known and model_type not in SUPPORTED_ARCHITECTURES.values():
@@ -39,17 +45,31 @@ def config_from_hf(hf: Mapping, where: str = "config.json", **overrides) -> Llam
   missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                          "num_attention_heads") if k not in hf]
   if missing:
-    raise ValueError(f"{where}: missing fields {missing}")
+    raise ConfigError(f"{where}: missing fields {missing} (required keys: integers >= 1)")
+  sizes = {k: int_field(hf, k, where, minimum=1) for k in ("vocab_size", "hidden_size", "intermediate_size",
+                                                            "num_hidden_layers", "num_attention_heads")}
+  heads = sizes["num_attention_heads"]
+  kv_heads = int_field(hf, "num_key_value_heads", where, default=heads, minimum=1)
+  if heads % kv_heads:
+    raise ConfigError(f"{where}: 'num_attention_heads' ({heads}) must be divisible by 'num_key_value_heads' "
+                      f"({kv_heads})")
+  head_dim = int_field(hf, "head_dim", where, default=None, minimum=1)
+  if head_dim is None:
+    if sizes["hidden_size"] % heads:
+      raise ConfigError(f"{where}: 'hidden_size' ({sizes['hidden_size']}) must be divisible by "
+                        f"'num_attention_heads' ({heads}) when 'head_dim' is not given")
+    head_dim = sizes["hidden_size"] // heads
   if hf.get("hidden_act", "silu") != "silu":
     raise ValueError(f"{where}: hidden_act={hf['hidden_act']!r} is not supported; expected 'silu'")
 
-  rope = dict(hf.get("rope_parameters") or {})
+  rope = as_object(hf.get("rope_parameters") or {}, where, "rope_parameters")
   legacy = hf.get("rope_scaling")
   if legacy:
-    rope.update(legacy)
+    rope.update(as_object(legacy, where, "rope_scaling"))
   if "type" in rope and "rope_type" not in rope:
     rope["rope_type"] = rope.pop("type")
-  rope_theta = float(rope.pop("rope_theta", hf.get("rope_theta", 10000.0)))
+  rope_theta = float_field({"rope_theta": rope.pop("rope_theta", hf.get("rope_theta"))}, "rope_theta", where,
+                           default=10000.0, positive=True)
   rope_type = rope.get("rope_type", "default")
   if rope_type not in ("default", "linear", "llama3"):
     raise ValueError(f"{where}: rope_type={rope_type!r} is not supported; expected 'default', 'linear' or "
@@ -67,20 +87,19 @@ def config_from_hf(hf: Mapping, where: str = "config.json", **overrides) -> Llam
       raise ValueError(f"{where}: rope scaling {rope_type!r} lacks {absent}")
     rope = {k: rope[k] for k in keep}
 
-  heads = int(hf["num_attention_heads"])
   eos = hf.get("eos_token_id")
-  sliding = hf.get("sliding_window") if model_type == "mistral" else None
+  sliding = int_field(hf, "sliding_window", where, default=None, minimum=1) if model_type == "mistral" else None
   fields = dict(
-      vocab_size=int(hf["vocab_size"]), hidden_size=int(hf["hidden_size"]),
-      intermediate_size=int(hf["intermediate_size"]), num_layers=int(hf["num_hidden_layers"]),
-      num_heads=heads, num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-      head_dim=int(hf.get("head_dim") or int(hf["hidden_size"]) // heads),
-      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=rope_theta,
+      vocab_size=sizes["vocab_size"], hidden_size=sizes["hidden_size"],
+      intermediate_size=sizes["intermediate_size"], num_layers=sizes["num_hidden_layers"],
+      num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
+      rms_norm_eps=float_field(hf, "rms_norm_eps", where, default=1e-6, positive=True), rope_theta=rope_theta,
       rope_scaling=tuple(sorted(rope.items())) or None,
-      max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
-      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      attention_bias=bool(hf.get("attention_bias", False)), mlp_bias=bool(hf.get("mlp_bias", False)),
-      sliding_window=int(sliding) if sliding else None, model_type=model_type,
+      max_position_embeddings=int_field(hf, "max_position_embeddings", where, default=4096, minimum=1),
+      tie_word_embeddings=bool_field(hf, "tie_word_embeddings", where, default=False),
+      attention_bias=bool_field(hf, "attention_bias", where, default=False),
+      mlp_bias=bool_field(hf, "mlp_bias", where, default=False),
+      sliding_window=sliding, model_type=model_type,
       bos_token_id=hf.get("bos_token_id"), eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
       pad_token_id=hf.get("pad_token_id"))
   fields.update(overrides)
@@ -217,7 +236,11 @@ def params_from_hf(tensors: Mapping[str, tuple[tuple, Callable[[], np.ndarray]]]
     if tuple(shape) != tuple(rule.hf_shape(config)):
       problems.append(f"shape: {name} is {tuple(shape)}, expected {tuple(rule.hf_shape(config))}")
       continue
-    value = rule.to_ours(np.asarray(load()), config).astype(dtype)
+    try:
+      value = rule.to_ours(np.asarray(load()), config).astype(dtype)
+    except WeightsError as e:  # a non-floating or non-finite tensor: listed with the others
+      problems.append(str(e))
+      continue
     if not rule.per_layer:
       set_path(params, rule.path, value)
       continue
@@ -241,7 +264,8 @@ def params_from_hf(tensors: Mapping[str, tuple[tuple, Callable[[], np.ndarray]]]
         problems.append(f"missing: {rule.hf.format(l=layer)} {tuple(rule.hf_shape(config))}")
   if problems:
     raise WeightsError(f"{source}: {len(problems)} tensor(s) do not fit the {config.model_type} model "
-                       f"({config.num_layers} layers, d={config.hidden_size}):\n  " + "\n  ".join(problems))
+                       f"({config.num_layers} layers, d={config.hidden_size}){bad_value_hint(problems)}:\n  "
+                       + "\n  ".join(problems))
   for path, stack in stacks.items():
     set_path(params, path, stack)
   return params

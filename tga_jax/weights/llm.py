@@ -10,15 +10,16 @@ from tga_jax.weights import gguf_io
 from tga_jax.weights import llama as llama_params
 from tga_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from tga_jax.weights.known_models import resolve_model_path
-from tga_jax.weights.safetensors_io import read_safetensors_folder
+from tga_jax.weights.safetensors_io import checked_tensors, read_safetensors_folder
 
 
-def load_llm(path: str, **overrides) -> tuple[LlamaForCausalLM, dict]:
+def load_llm(path: str, allow_bad_values: bool = False, **overrides) -> tuple[LlamaForCausalLM, dict]:
   """Loads a LLaMA-family decoder.
 
   Args:
     path: an HF folder (config.json + model.safetensors, or shards with model.safetensors.index.json),
       a `.gguf` file, or a name in `tga_jax.weights.known_models.KNOWN_MODELS` ('smollm2-135m-instruct').
+    allow_bad_values: load tensors with NaN/Inf or a non-floating dtype (with a warning) instead of raising.
     overrides: LlamaConfig run-time fields: dtype, param_dtype, remat_policy, scan_unroll.
   Returns:
     (module, params): params a dict of numpy arrays in `param_dtype` (layers stacked on axis 0);
@@ -39,9 +40,10 @@ def load_llm(path: str, **overrides) -> tuple[LlamaForCausalLM, dict]:
     except ValueError as e:
       raise ValueError(f"{config_path}: not valid JSON: {e}") from e
     config = llama_params.config_from_hf(hf_config, config_path, **overrides)
-    tensors = read_safetensors_folder(path)
+    tensors = read_safetensors_folder(path, allow_bad_values)
   elif gguf_io.is_gguf(path):
     hf_config, tensors = gguf_io.read_gguf(path)
+    tensors = checked_tensors(tensors, allow_bad_values)
     config = llama_params.config_from_hf(hf_config, path, **overrides)
   else:
     raise ValueError(f"{path}: expected an HF model folder or a GGUF file (magic b'GGUF')")

@@ -25,10 +25,11 @@ from tga_jax.weights import clip as clip_params
 from tga_jax.weights import llama as llama_params
 from tga_jax.models.clip import ClipConfig
 from tga_jax.models.image_config import ImageProcessingConfig
-from tga_jax.weights.safetensors_io import WeightsError, read_safetensors_folder
+from tga_jax.weights.safetensors_io import WeightsError, bad_value_hint, checked_tensors, read_safetensors_folder
 from tga_jax.weights.llm import load_llm
 from tga_jax.models.lvlm import LLAVA_IMAGE_TOKEN_INDEX, LlavaLVLM, LvlmConfig
 from tga_jax.models.projector import Projector, ProjectorConfig
+from trainkit.json_fields import ConfigError, as_object
 
 # (checkpoint prefix, canonical prefix) of the language model's tensors, longest first.
 LLM_PREFIXES = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
@@ -72,7 +73,7 @@ def _read_json(path: str) -> dict:
 def _runtime(overrides: dict) -> tuple[dict, dict]:
   """Splits overrides into the tower/LLM run-time fields and the LVLM-level ones."""
   unknown = set(overrides) - set(RUNTIME_FIELDS) - {"train_vision", "feature_layer", "feature_strategy",
-                                                    "image_aspect", "scan_unroll", "image_pool"}
+                                                    "image_aspect", "scan_unroll", "image_pool", "allow_bad_values"}
   if unknown:
     raise TypeError(f"unknown overrides {sorted(unknown)}; expected some of {RUNTIME_FIELDS} or train_vision, "
                     f"feature_layer, feature_strategy, image_aspect, scan_unroll, image_pool")
@@ -84,7 +85,8 @@ def load_lvlm(path: str, **overrides) -> tuple[LlavaLVLM, dict]:
   Hugging Face repo id of a llava-hf model ('org/name[@revision]', downloaded through trainkit.hub).
 
   Args:
-    overrides: dtype, param_dtype, remat_policy, scan_unroll (the LLM's), train_vision, feature_layer,
+    overrides: dtype, param_dtype, remat_policy, scan_unroll (the LLM's), allow_bad_values (load tensors with
+      NaN/Inf or a non-floating dtype, with a warning, instead of raising), train_vision, feature_layer,
       feature_strategy, image_aspect ('pad' or 'crop').
   Returns:
     (LlavaLVLM, params of numpy arrays).
@@ -109,7 +111,7 @@ def load_lvlm(path: str, **overrides) -> tuple[LlavaLVLM, dict]:
     raise FileNotFoundError(f"{path}: no config.json (nor lvlm.json); found {sorted(os.listdir(path))}")
   hf = _read_json(config_path)
   config = config_from_hf(hf, config_path, path, **overrides)
-  tensors = read_safetensors_folder(path)
+  tensors = read_safetensors_folder(path, bool(overrides.get("allow_bad_values", False)))
   params = params_from_hf(tensors, config, path)
   return LlavaLVLM(config), params
 
@@ -117,6 +119,7 @@ def load_lvlm(path: str, **overrides) -> tuple[LlavaLVLM, dict]:
 def config_from_hf(hf: dict, where: str, folder: str | None = None, **overrides) -> LvlmConfig:
   """LvlmConfig from a llava-hf config.json dict."""
   runtime, overrides = _runtime(overrides)
+  hf = as_object(hf, where)
   if hf.get("model_type") != "llava":
     raise ValueError(f"{where}: model_type={hf.get('model_type')!r}; expected 'llava' (LlavaForConditionalGeneration)")
   layer = overrides.get("feature_layer", hf.get("vision_feature_layer", -2))
@@ -125,7 +128,7 @@ def config_from_hf(hf: dict, where: str, folder: str | None = None, **overrides)
   strategy = overrides.get("feature_strategy", hf.get("vision_feature_select_strategy", "default"))
   if hf.get("projector_hidden_act", "gelu") != "gelu":
     raise ValueError(f"{where}: projector_hidden_act={hf['projector_hidden_act']!r}; expected 'gelu'")
-  text = dict(hf.get("text_config") or {})
+  text = as_object(hf.get("text_config") or {}, where, "text_config")
   text_type = text.get("model_type", "llama")
   for key, value in TEXT_DEFAULTS.get(text_type, {}).items():
     text.setdefault(key, value)
@@ -135,13 +138,16 @@ def config_from_hf(hf: dict, where: str, folder: str | None = None, **overrides)
     llm_overrides["scan_unroll"] = overrides["scan_unroll"]
   llm = llama_params.config_from_hf(text, f"{where} (text_config)", **llm_overrides)
   vision_runtime = {k: v for k, v in runtime.items() if k != "remat_policy"}
-  vision = clip_params.vision_config_from_hf(hf.get("vision_config") or {}, f"{where} (vision_config)",
+  vision = clip_params.vision_config_from_hf(as_object(hf.get("vision_config") or {}, where, "vision_config"),
+                                             f"{where} (vision_config)",
                                              feature_layer=layer, feature_strategy=strategy, **vision_runtime)
   projector = ProjectorConfig("mlp2x_gelu", vision.hidden_size, llm.hidden_size,
                               bool(hf.get("multimodal_projector_bias", True)), **_projector_runtime(runtime))
   token = hf.get("image_token_id", hf.get("image_token_index"))
   if token is None:
-    raise ValueError(f"{where}: no image_token_index / image_token_id")
+    raise ConfigError(f"{where}: no image_token_index / image_token_id")
+  if isinstance(token, bool) or not isinstance(token, int):
+    raise ConfigError(f"{where}: 'image_token_index' must be an integer, found {token!r}")
   processing = ImageProcessingConfig.from_folder(folder, overrides.get("image_aspect", "pad"), vision.image_size) \
       if folder else ImageProcessingConfig(vision.image_size, vision.image_size)
   return LvlmConfig(vision, projector, llm, int(token), bool(overrides.get("train_vision", False)), processing)
@@ -195,7 +201,8 @@ def params_from_hf(tensors, config: LvlmConfig, source: str) -> dict:
     raise WeightsError(f"{source}: {len(problems)} tensor(s) do not fit the LLaVA model (vision "
                        f"{config.vision.num_layers} layers d={config.vision.hidden_size}, LLM {config.llm.num_layers} "
                        f"layers d={config.llm.hidden_size}; language-model names shown without their "
-                       f"'language_model.'/'model.language_model.' prefix):\n  " + "\n  ".join(problems))
+                       f"'language_model.'/'model.language_model.' prefix){bad_value_hint(problems)}:\n  "
+                       + "\n  ".join(problems))
   return {"vision": vision_params, "projector": projector_params, "llm": llm_params}
 
 
@@ -220,7 +227,11 @@ def _projector_from_named(named: dict, cfg: ProjectorConfig, problems: list[str]
       if have != shape:
         problems.append(f"shape: {prefix}{name} is {have}, expected {shape}")
         continue
-      value = np.asarray(named[name][1](), np.dtype(cfg.param_dtype))
+      try:
+        value = np.asarray(named[name][1](), np.dtype(cfg.param_dtype))
+      except WeightsError as e:  # a non-floating or non-finite tensor: listed with the others
+        problems.append(str(e))
+        continue
       out.setdefault(f"linear_{i}", {})[ours] = value.T if kind == "weight" else value
   for name in sorted(named):
     match = _HF_LINEAR.fullmatch(name)
@@ -277,13 +288,15 @@ def compose_lvlm(vision: str, llm: str, projector: str | None = None, projector_
   """
   runtime, overrides = _runtime(overrides)
   vision_runtime = {k: v for k, v in runtime.items() if k != "remat_policy"}
+  allow = bool(overrides.get("allow_bad_values", False))
   vision_module, vision_params = clip_params.load_clip_vision(
-      vision, feature_layer=overrides.get("feature_layer", feature_layer),
+      vision, allow_bad_values=allow, feature_layer=overrides.get("feature_layer", feature_layer),
       feature_strategy=overrides.get("feature_strategy", feature_strategy), **vision_runtime)
   llm_overrides = dict(runtime, **({"scan_unroll": overrides["scan_unroll"]} if "scan_unroll" in overrides else {}))
-  llm_module, llm_params = load_llm(llm, **llm_overrides)
+  llm_module, llm_params = load_llm(llm, allow, **llm_overrides)
   vcfg: ClipConfig = vision_module.config
   named, found_type = (read_projector(projector) if projector else ({}, None))
+  named = checked_tensors(named, allow)
   kind = projector_type or found_type or "mlp2x_gelu"
   if projector and found_type != kind:
     raise ValueError(f"projector {projector}: holds a {found_type!r} projector but projector_type={kind!r}")
@@ -294,7 +307,8 @@ def compose_lvlm(vision: str, llm: str, projector: str | None = None, projector_
     projector_params = _projector_from_named(named, pcfg, problems, "")
     if problems:
       raise WeightsError(f"{projector}: {len(problems)} tensor(s) do not fit a {kind} projector "
-                         f"({vcfg.hidden_size} -> {llm_module.config.hidden_size}):\n  " + "\n  ".join(problems))
+                         f"({vcfg.hidden_size} -> {llm_module.config.hidden_size}){bad_value_hint(problems)}:\n  "
+                         + "\n  ".join(problems))
   else:
     features = np.zeros((1, vcfg.hidden_size), np.float32)
     initial = Projector(pcfg).init(jax.random.PRNGKey(seed), features)["params"]
@@ -308,7 +322,7 @@ def compose_lvlm(vision: str, llm: str, projector: str | None = None, projector_
 def _load_composition(spec_path: str, overrides: dict) -> tuple[LlavaLVLM, dict]:
   """A JSON spec {"vision": dir, "llm": path, "projector": file?, "projector_type"?, "image_token_id"?,
   "feature_layer"?, "feature_strategy"?}; relative paths are relative to the spec's folder."""
-  spec = _read_json(spec_path)
+  spec = as_object(_read_json(spec_path), spec_path)
   base = os.path.dirname(os.path.abspath(spec_path))
   missing = [k for k in ("vision", "llm") if k not in spec]
   if missing:

@@ -14,10 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from absl import logging
 
+from trainkit.json_fields import ConfigError, as_object
+from trainkit.paths import OutsideRoot, inside_root
+from trainkit.tensor_checks import ALLOW_HINT, WeightsError, value_problem
 
-class WeightsError(ValueError):
-  """A checkpoint does not fit the model: lists every problem at once."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,18 +53,18 @@ def natural_key(name: str):
   return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def read_safetensors_folder(folder: str) -> dict[str, tuple[tuple, Callable[[], np.ndarray]]]:
-  """HF name -> (shape, loader) over `model.safetensors` or the sharded files its index lists."""
+def read_safetensors_folder(folder: str, allow_bad_values: bool = False
+                            ) -> dict[str, tuple[tuple, Callable[[], np.ndarray]]]:
+  """HF name -> (shape, loader) over `model.safetensors` or the sharded files its index lists.
+
+  Every shard the index names must lie inside `folder` (after symlinks). A loader raises WeightsError
+  for a tensor of a non-floating dtype or with NaN/Inf unless `allow_bad_values` (see `checked_tensors`).
+  """
   from safetensors import SafetensorError, safe_open
 
   index_path = os.path.join(folder, "model.safetensors.index.json")
   if os.path.exists(index_path):
-    try:
-      with open(index_path) as f:
-        weight_map = json.load(f)["weight_map"]
-    except (OSError, ValueError, KeyError) as e:
-      raise ValueError(f"{index_path}: not a safetensors index with a 'weight_map' ({e})") from e
-    files = sorted(set(weight_map.values()))
+    files = [_shard(folder, index_path, name) for name in _index_shards(index_path)]
   else:
     files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
     if not files:
@@ -83,7 +85,57 @@ def read_safetensors_folder(folder: str) -> dict[str, tuple[tuple, Callable[[], 
       raise ValueError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from e
     for key in keys:
       tensors[key] = (shapes[key], _tensor_loader(handle, key, path))
-  return tensors
+  return checked_tensors(tensors, allow_bad_values)
+
+
+def _index_shards(index_path: str) -> list[str]:
+  """The shard file names a model.safetensors.index.json lists."""
+  try:
+    with open(index_path) as f:
+      index = as_object(json.load(f), index_path)
+  except ConfigError:
+    raise
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{index_path}: not a readable JSON safetensors index ({e})") from e
+  if "weight_map" not in index:
+    raise ConfigError(f"{index_path}: missing required key 'weight_map' (an object: tensor name -> shard file)")
+  weight_map = as_object(index["weight_map"], index_path, "weight_map")
+  bad = sorted(k for k, v in weight_map.items() if not isinstance(v, str) or not v)
+  if bad:
+    raise ConfigError(f"{index_path}: 'weight_map' must map tensor names to shard file names; not so for "
+                      f"{bad[:5]} (found {weight_map[bad[0]]!r})")
+  return sorted(set(weight_map.values()))
+
+
+def _shard(folder: str, index_path: str, name: str) -> str:
+  """`name` relative to `folder`, after checking it stays inside (no '../', absolute path or symlink out)."""
+  try:
+    inside_root(folder, name, "weights shard")
+  except OutsideRoot as e:
+    raise OutsideRoot(f"{index_path}: shard {name!r} lies outside the model folder: {e}") from e
+  return name
+
+
+def checked_tensors(tensors: dict, allow_bad_values: bool = False) -> dict:
+  """Wraps each (shape, loader) so that loading a tensor of a non-floating dtype (int64, bool, ...) or with
+  NaN/Inf raises WeightsError naming it, or with `allow_bad_values` only logs a warning. Loaders run only for
+  the tensors a model uses, so integer buffers a checkpoint carries (position_ids) never trip it."""
+  def wrap(key, load):
+    def checked():
+      value = load()
+      problem = value_problem(value)
+      if problem and not allow_bad_values:
+        raise WeightsError(f"value: {key}: {problem}")
+      if problem:
+        logging.warning("tensor %s: %s (loaded anyway: allow_bad_values=True)", key, problem)
+      return value
+    return checked
+  return {key: (shape, wrap(key, load)) for key, (shape, load) in tensors.items()}
+
+
+def bad_value_hint(problems: list[str]) -> str:
+  """' (pass allow_bad_values=True ...)' when a problem line is a bad value, for the error's first line."""
+  return f" ({ALLOW_HINT})" if any("value: " in p for p in problems) else ""
 
 
 def _tensor_loader(handle, key, path):

@@ -1,0 +1,93 @@
+"""comploss_jax.train's step on abstract arguments, for ahead-of-time plans (`python -m trainkit.plan`,
+which finds `plan_step` here for the configs whose trainer is comploss_jax.train):
+
+    python -m trainkit.plan --config=configs/comploss/glue.py:task=rte --target=v5e:2x2
+    python -m trainkit.plan --config=configs/comploss/tiny.py --target=cpu:8 --nosearch
+
+The encoder's shapes come from its config.json alone (no safetensors read); the step is built from the
+trainer's own pieces: settings_from, the classifier head and its losses, make_loss_fn, make_optimizer and
+make_train_step, as `comploss_jax.train.fit` assembles them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import trainkit
+from comploss_jax.encoder import EncoderConfig
+from comploss_jax.encoder_params import resolve_model_dir
+from comploss_jax.heads import SequenceClassifier, classification_losses
+from comploss_jax.submodels import make_loss_fn
+from comploss_jax.tasks import get_task
+from comploss_jax.train import settings_from
+
+# Without data, a config's total_steps = -1 (epochs x steps per epoch) has no value yet; the schedule it
+# shapes changes neither the memory nor the FLOPs of a step.
+PLANNED_STEPS = 1000
+
+
+def classification_per_example(model: SequenceClassifier):
+  """(params, inputs, rng, dropout power) -> per-example losses float[B]: the trainer's per-example loss
+  (comploss_jax.train.train defines the same one: dropout on, nested to `power`)."""
+  def per_example(params, inputs, rng, power):
+    logits, _ = model.apply({"params": params}, inputs["input_ids"], inputs["attention_mask"],
+                            inputs["token_type_ids"], deterministic=False, dropout_power=power,
+                            rngs={"dropout": rng})
+    return classification_losses(logits, inputs["labels"])
+  return per_example
+
+
+def encoder_config(config) -> EncoderConfig:
+  """The encoder's config from `config.model`'s config.json, cut to `config.model_layers` layers if set."""
+  model_dir = resolve_model_dir(config.model)
+  path = os.path.join(model_dir, "config.json")
+  with open(path) as f:
+    cfg = EncoderConfig.from_hf(json.load(f), path)
+  layers = config.get("model_layers", 0)
+  return dataclasses.replace(cfg, num_hidden_layers=layers) if layers else cfg
+
+
+def plan_step(config, mesh, global_batch: int) -> trainkit.PlannedStep:
+  """comploss_jax.train's step for `mesh` with a batch of `global_batch` examples (each with its
+  1 + n_crop views when config.cmp.n_crop > 0) at data.max_length tokens."""
+  if config.trainer != "comploss_jax.train":
+    raise NotImplementedError(f"no ahead-of-time plan for trainer {config.trainer!r} yet (only comploss_jax.train)")
+  task = get_task(config.task)
+  model = SequenceClassifier(encoder_config(config), task.num_labels)
+  settings = settings_from(config.cmp)
+  length = int(config.data.max_length)
+  label = jax.ShapeDtypeStruct((), np.float32 if task.num_labels == 1 else np.int32)
+  keys = ("input_ids", "attention_mask", "token_type_ids")
+  n_crop = config.cmp.get("n_crop", 0)
+  if n_crop:
+    example = {"labels": label, "views": {k: jax.ShapeDtypeStruct((1 + n_crop, length), np.int32) for k in keys}}
+  else:
+    example = {"labels": label, **{k: jax.ShapeDtypeStruct((length,), np.int32) for k in keys}}
+
+  def init(rng):
+    ids = jnp.zeros((1, length), jnp.int32)
+    return model.init(rng, ids, ids, ids)["params"]
+
+  abstract = nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
+  total_steps = config.total_steps if config.total_steps > 0 else PLANNED_STEPS
+  tx, schedule, trainable = trainkit.make_optimizer(config.optimizer, total_steps, abstract)
+  state, shardings = trainkit.abstract_train_state(init, tx, mesh, config.rules)
+  sharding = trainkit.batch_sharding(mesh, config.rules)
+  step = trainkit.make_train_step(make_loss_fn(classification_per_example(model), settings), tx, shardings, sharding,
+                                  mesh=mesh, rules=config.rules, schedule=schedule, trainable=trainable,
+                                  grad_accum_steps=config.optimizer.grad_accum_steps)
+  batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct((global_batch,) + s.shape, s.dtype, sharding=sharding), example)
+  cfg = model.config
+  count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))  # noqa: E731
+  info = {"model": f"{cfg.model_type} encoder {cfg.num_hidden_layers}x{cfg.hidden_size}, task {task.name}, "
+                   f"{settings.num_submodels} submodels (n_drop={settings.n_drop}, n_crop={settings.n_crop})",
+          "params": count(state.params), "trainable_params": count(
+              [x for x, t in zip(jax.tree.leaves(state.params), jax.tree.leaves(trainable)) if t]),
+          "tokens_per_example": length * (1 + n_crop), "submodels": settings.num_submodels}
+  return trainkit.PlannedStep(step=step, state=state, batch=batch, info=info)
