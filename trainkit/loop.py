@@ -118,7 +118,7 @@ def train_loop(
   total = int(config.total_steps)
   if jax.process_index() == 0:  # the steps after the checkpoint are redone: their old records go
     _drop_records_after(os.path.join(workdir, "metrics.jsonl"), step)
-  writer = MetricsWriter(workdir)
+  writer = MetricsWriter(workdir, resumed_at=start)
   writer.write_config(config)
   progress = Progress(step, total, enabled=progress_bar)
   fixed_tokens = config.get("tokens_per_batch", None)

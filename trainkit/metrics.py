@@ -14,7 +14,10 @@ import tqdm
 class MetricsWriter:
   """`write(step, {'loss': ...}, prefix='train')` -> `<workdir>/metrics.jsonl` + TensorBoard events."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, resumed_at: int | None = None):
+    """resumed_at: the step a resumed run restarts from; TensorBoard then drops the events of any later
+    step the interrupted run had written (as the loop drops them from metrics.jsonl), so each step
+    shows once."""
     self.active = jax.process_index() == 0
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
     self.tensorboard_dir = os.path.join(workdir, "tensorboard")
@@ -22,7 +25,8 @@ class MetricsWriter:
       from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(self.jsonl_path, "a")
-      self._tb = SummaryWriter(self.tensorboard_dir)
+      self._tb = SummaryWriter(self.tensorboard_dir,
+                               **({"purge_step": resumed_at + 1} if resumed_at is not None else {}))
 
   def write(self, step: int, metrics: dict, prefix: str = "train") -> None:
     if not self.active:
