@@ -147,7 +147,7 @@ def train_loop(
       writer.write(at, {**metrics, **rate})
 
   try:
-    with PreemptionWatch(step) as preemption:
+    with PreemptionWatch(step, checkpointer.manager) as preemption:
       pending, first_step = None, step
       while step < total:
         host_batch = next(data_iter)

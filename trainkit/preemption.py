@@ -12,7 +12,8 @@ The way is picked once, when the watch starts (`mode`):
                SIGTERM handler, installed at initialize, tells the coordination service; every process
                then agrees on the step after the furthest one's current step, and
                `multihost_utils.reached_preemption_sync_point(step)` -- a local lookup -- says True there.
-               No Python SIGTERM handler is installed: one would replace the sync manager's.
+               No Python SIGTERM handler is installed: one would replace the sync manager's. Orbax's
+               CheckpointManager is kept from asking the sync point itself (see `PreemptionWatch`).
   'collective' several processes without the sync manager (turned off, jax.distributed not initialized,
                or a Python SIGTERM handler already installed, which hides SIGTERM from it): the SIGTERM
                flag is OR-ed over processes with a host collective, only on the boundary steps the caller
@@ -41,20 +42,29 @@ class PreemptionWatch:
   start_step: the step training resumes from. The sync manager compares the last step each process
   reported, so it is told the start before the first step (otherwise a notice arriving while the first
   step compiles would be set to step 1 of a run resumed at step 1000, and never be reached).
+  checkpoint_manager: the run's orbax CheckpointManager, if any. Orbax asks the sync point itself
+  (`reached_preemption`), also from its save-finalize thread with the step being finalized: that moves
+  this process's last reported step backwards, so the agreed stop step can be one this process has already
+  passed while the others stop there -- they wait for it in the checkpoint's collectives forever (seen
+  in the 2-process test). trainkit decides saves itself (`force=True`), so in 'sync' mode the manager's
+  question is answered False here without asking JAX, and the loop alone reports steps.
   """
 
-  def __init__(self, start_step: int = 0):
+  def __init__(self, start_step: int = 0, checkpoint_manager=None):
     self.start_step = int(start_step)
     self.raised = False
     self.mode = None
     self._installed = False
     self._previous = None
+    self._manager = checkpoint_manager
 
   def __enter__(self):
     self.mode = self._pick_mode()
     stats["mode"] = self.mode
     if self.mode != "sync":
       self._install_handler()
+    elif self._manager is not None:
+      self._manager.reached_preemption = _not_asked  # an instance attribute: shadows the method
     logging.info("preemption notices: %s mode", self.mode)
     return self
 
@@ -95,10 +105,17 @@ class PreemptionWatch:
     return boundary and any_process(self.raised)
 
   def __exit__(self, *exc):
+    if self._manager is not None and self._manager.__dict__.get("reached_preemption") is _not_asked:
+      del self._manager.reached_preemption
     if self._installed:
       # signal.signal hands back None for a handler not set from Python; SIG_DFL is what Python started with.
       signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
       self._installed = False
+
+
+def _not_asked(step: int) -> bool:
+  del step
+  return False
 
 
 def any_process(flag: bool) -> bool:
