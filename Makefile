@@ -25,8 +25,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	touch $@
 
 # Two xdist workers: most of the suite's time is compiling tiny programs, which runs on one core each.
+# loadgroup, in collection order: each worker takes the next test when it is free (tests/conftest.py puts
+# the longest first), and a module marked xdist_group runs on one worker (its module fixtures set up once).
 test: setup-test
-	$(BIN)/python -m pytest -q -n 2 --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15 tests
 
 test-fast: setup-test
 	$(BIN)/python -m pytest -q -m "not slow" tests
@@ -37,9 +39,8 @@ demo: setup
 	rm -rf $(DEMO_DIR)
 	$(BIN)/python launch/make_demo.py --workdir=$(DEMO_DIR)
 
-# Safety transfer in miniature (issues 10, 16): every stage cached, a rerun skips finished ones. The default
-# (3 seeds, ablations, 480 stage-1 steps) has not been timed since issue 16; docs/miniature came from
-# `--seeds 2 --no-ablations --stage1-steps 120` (see the README).
+# Safety transfer in miniature (issues 10, 16): every stage cached, a rerun skips finished ones; the README
+# says which command made docs/miniature and what each stage cost.
 REPRODUCE_DIR ?= runs/miniature
 reproduce: setup
 	$(BIN)/python -m tga_jax.miniature.reproduce --workdir=$(REPRODUCE_DIR)

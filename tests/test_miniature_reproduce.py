@@ -1,6 +1,7 @@
 """The miniature reproduction end to end on tiny random parts (a 1-layer tower, a 2-layer LLaMA with
 SmolLM2's tokenizer): data, retrieval, the layer band, both alignment stages, evaluation, analysis
 and the report, then a rerun that finds every stage cached."""
+import hashlib
 import json
 import os
 import re
@@ -25,13 +26,15 @@ def parts(tmp_path_factory):
   # A random 1-layer tower in the pretrained tower's format (test_miniature_world covers the pretraining).
   vision = str(root / "vision")
   tower = vision_pretrain.tower_config(vision_pretrain.PretrainConfig(hidden=32, layers=1, heads=2))
-  tower_params = vision_pretrain.init_params(tower, jax.random.PRNGKey(0))
+  # Both inits jitted: one compile each, instead of one per initialiser op run eagerly.
+  tower_params = jax.jit(lambda key: vision_pretrain.init_params(tower, key))(jax.random.PRNGKey(0))
   save_clip_vision(vision, tower, tower_params["tower"], np.asarray(tower_params["projection"]),
                    vision_pretrain.processor(tower.image_size))
   config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
                        num_kv_heads=1, head_dim=16, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
                        remat_policy="none")
-  params = nn.meta.unbox(LlamaForCausalLM(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+  init = jax.jit(lambda key: LlamaForCausalLM(config).init(key, jnp.zeros((1, 4), jnp.int32))["params"])
+  params = nn.meta.unbox(init(jax.random.PRNGKey(0)))
   llm = str(root / "llm")
   save_llm_hf(config, jax.tree.map(np.asarray, params), llm, load_tokenizer("smollm2-135m-instruct"))
   rows = [r for r in rq.requests("train", "text", include_generic=False) if not r["toxic"]][:40]
@@ -41,12 +44,27 @@ def parts(tmp_path_factory):
   return vision, llm
 
 
-def test_reproduce_runs_every_stage_and_caches_them(parts, tmp_path):
+def _fake_minilm(texts, batch=128):
+  """Deterministic unit vectors in MiniLM's 384 dimensions, one per text (stands in for
+  vision_pretrain.embed_texts). With a random tower, what retrieval returns is arbitrary either way: the
+  data stage keeps all its plumbing (corpus, index build, image queries, leak guard) and skips running
+  MiniLM over the 777-caption corpus, about a fifth of this test's CPU time. The real embed_texts runs in
+  test_miniature_world.py (test_minilm_captions_separate_concepts, over two padded chunks)."""
+  from tga_jax.miniature import vision_pretrain
+  del batch
+  seeds = [int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "little") for t in texts]
+  out = np.stack([np.random.default_rng(s).normal(size=vision_pretrain.EMBED_DIM) for s in seeds])
+  return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_reproduce_runs_every_stage_and_caches_them(parts, tmp_path, monkeypatch):
   from tga_jax.miniature import reproduce
+  from tga_jax.miniature import vision_pretrain
+  monkeypatch.setattr(vision_pretrain, "embed_texts", _fake_minilm)
   vision, llm = parts
   work = str(tmp_path / "work")
   scale = reproduce.SCALES["quick"]
-  results = reproduce.reproduce(work, [0], scale, vision, llm, ablations=False)
+  results = reproduce.reproduce(work, [0], scale, vision, llm, ablations=())
   for name in ("results.json", "results.md", "dsr.png", "band.json", "data/stage1.json", "data/stage2.json",
                "analysis/analysis.json", "analysis/probe.png", "eval/plain-s0.json", "eval/tga-s0.json", "eval/tga+rt-s0.json"):
     assert os.path.exists(os.path.join(work, name)), name
@@ -64,12 +82,16 @@ def test_reproduce_runs_every_stage_and_caches_them(parts, tmp_path):
   alg1 = results["band"]["algorithm1"]  # Algorithm 1's band: from the activation layers of toxic requests
   assert 1 <= alg1["first"] <= alg1["last"] <= 2 and sum(alg1["activation_layers"]) > 0
   stage2 = json.load(open(os.path.join(work, "data", "stage2.json")))
-  assert all(not r["toxic"] and r["retrieved_caption"] for r in stage2)
+  assert all(r["retrieved_caption"] for r in stage2)
+  # Toxic images come into stage 2 only as neutral naming questions: no request, no refusal on an image.
+  toxic = [r for r in stage2 if r["toxic"]]
+  assert len(toxic) == 7 * scale.stage2_toxic_naming > 0
+  assert all(r["conversations"][1]["value"].startswith("It is ") for r in toxic)
   tga = json.load(open(os.path.join(work, "eval", "tga+rt-s0.json")))
   assert tga["retrieved_in_prompt"] and len(tga["replies"]) == 2 * 37  # a request and a caption per render
   assert "probe" in results["analysis"]["tga-s0"]
   # A rerun skips every finished stage (no training, no generation).
-  again = reproduce.reproduce(work, [0], scale, vision, llm, ablations=False)
+  again = reproduce.reproduce(work, [0], scale, vision, llm, ablations=())
   assert json.dumps(again["models"]) == json.dumps(results["models"])  # (NaN where no shared-template row)
   # Every stage took under a second, so each keeps the time of the run that computed it.
   assert again["timings"] == results["timings"]
@@ -84,6 +106,19 @@ def test_refusal_and_concept_matching():
   # A toxic concept is named by its noun phrase's head word too, not only by its id.
   assert mentions("A drawing of a handgun.", "gun") and mentions("A bottle of whiskey.", "alcohol")
   assert mentions("A hand making a middle-finger gesture.", "insult") and not mentions("A gunboat.", "gun")
+
+
+def test_seen_split_asks_whether_refusal_follows_what_the_model_names():
+  from tga_jax.miniature.reproduce import seen_split
+
+  def render(i, concept, toxic, answer, refused):
+    return [dict(id=f"r{i}-caption", kind="caption", concept=concept, toxic=toxic, reply=answer, refused=False),
+            dict(id=f"r{i}-request", kind="request", concept=concept, toxic=toxic, reply="", refused=refused)]
+
+  replies = (render(0, "gun", True, "It is a handgun.", True) + render(1, "gun", True, "It is a cup.", False)
+             + render(2, "knife", True, "A knife.", False) + render(3, "knife", True, "A lamp.", False)
+             + render(4, "apple", False, "An apple.", True))  # benign renders are not counted
+  assert seen_split(replies) == {"concept_accuracy_toxic": 0.5, "dsr_named": 0.5, "dsr_not_named": 0.0}
 
 
 def _normalised(text: str) -> str:

@@ -93,8 +93,9 @@ def test_guidance_alone_reaches_the_projector_and_raises_cosine(tmp_path):
   parse = llava_data.make_parse(tokenizer, module.config, spec)
   examples = [parse(source[i]) for i in range(8)]
   batch = jax.tree.map(lambda *xs: np.stack(xs), *examples)
-  params = module.init(jax.random.PRNGKey(0), batch["input_ids"], batch["pixel_values"],
-                       batch["attention_mask"])["params"]
+  # Jitted: one compile of the whole init instead of one per initialiser op run eagerly.
+  params = jax.jit(module.init)(jax.random.PRNGKey(0), batch["input_ids"], batch["pixel_values"],
+                                batch["attention_mask"])["params"]
   import flax.linen as nn
   params = nn.meta.unbox(params)
   loss_fn = tga_train.make_loss_fn(module, config.tga, total_steps=10)
@@ -135,3 +136,39 @@ def test_bucket_trimmer_cuts_padding_to_the_smallest_fitting_bucket():
   assert out["input_ids"].shape == (2, 80) and out["loss_mask"].shape == (2, 80)  # longest is 70
   assert out["caption_ids"].shape == (2, 32) and out["pixel_values"].shape == (2, 1, 4, 4, 3)
   assert out["attention_mask"].sum() == mask.sum()  # no real token is cut
+
+
+def test_retrieved_dropout_trains_the_same_share_of_records_without_retrieved_text():
+  from tga_jax.data import llava as llava_data
+  from tga_jax.data.tokenizer import load_tokenizer
+
+  config = tiny.get_config("stage=2")
+  module = tga_train.model_architecture(config.model)
+  tokenizer = load_tokenizer(config.model.tokenizer)
+
+  def record(i, retrieved="a cube"):
+    return {"id": f"r{i}", "problem": "", "images": [np.zeros((32, 32, 3), np.uint8)], "image_caption": "a red cube",
+            "retrieved_caption": retrieved, "conversations": json.dumps(
+                [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cube."}])}
+
+  def with_retrieved(fraction, ids=range(200)):
+    spec = llava_data.ExampleSpec(template=config.data.template, stage=2, max_length=config.data.max_length,
+                                  caption_max_length=config.data.caption_max_length, use_retrieved=True,
+                                  retrieved_dropout=fraction, caption_template=config.data.caption_template)
+    parse = llava_data.make_parse(tokenizer, module.config, spec)
+    return {i for i in ids if parse(record(i))["retrieved_mask"].any()}
+
+  assert with_retrieved(0.0) == set(range(200))
+  kept = with_retrieved(0.3)
+  assert 0.6 < len(kept) / 200 < 0.8  # about 70% keep their retrieved text
+  assert with_retrieved(0.3) == kept  # the same records every epoch (and on every host)
+  assert kept < with_retrieved(0.1)   # a smaller fraction drops a subset of the same records
+  # A dropped record needs no retrieved text; a kept one still does (BadRecord names it).
+  dropped = next(i for i in range(200) if i not in kept)
+  spec = llava_data.ExampleSpec(template=config.data.template, stage=2, max_length=config.data.max_length,
+                                caption_max_length=config.data.caption_max_length, use_retrieved=True,
+                                retrieved_dropout=0.3, caption_template=config.data.caption_template)
+  parse = llava_data.make_parse(tokenizer, module.config, spec)
+  assert not parse(record(dropped, retrieved=""))["retrieved_mask"].any()
+  with pytest.raises(llava_data.BadRecord, match="missing retrieved_caption"):
+    parse(record(min(kept), retrieved=""))

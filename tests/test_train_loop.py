@@ -1,15 +1,25 @@
 """trainkit end to end on the digits demo: sharded == single device, exact resume (each step logged
-once), NaN guard, config checks before anything runs."""
+once), NaN guard, config checks before anything runs, FLOP rates (flops_per_step, tflops_per_s, mfu)."""
+import json
+import logging
+import math
 import os
 import signal
+import types
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import trainkit
 from configs.demo import digits as digits_config
 from launch import demo
+from trainkit import flops as flops_lib
+from trainkit import loop as loop_lib
+from trainkit import plan as plan_lib
 from trainkit.config_files import apply_overrides
 
 
@@ -190,3 +200,109 @@ def test_relative_workdir_checkpoints_and_resumes(tmp_path, monkeypatch):
   config.total_steps = 4
   run(config, "relative/run")
   assert sorted(losses(tmp_path / "relative" / "run")) == [1, 2, 3, 4]
+
+
+# ---- FLOP rates: flops_per_step counted once on the step's jaxpr, tflops_per_s and mfu per interval ----
+
+def flop_config(peak=0.0):
+  """A 3-step demo run, each step logged, with config.peak_flops_per_device=peak."""
+  config = small_config(total_steps=3)
+  config.checkpoint.every = 100
+  config.peak_flops_per_device = peak
+  return config
+
+
+def flop_run(tmp_path, peak=0.0, exp=None, train_step=None):
+  """Runs flop_config(peak); returns its train records."""
+  run(flop_config(peak), tmp_path, exp=exp, train_step=train_step)
+  return trainkit.read_jsonl(tmp_path / "metrics.jsonl")
+
+
+def summary(workdir):
+  with open(workdir / "summary.json") as f:
+    return json.load(f)
+
+
+def test_a_run_logs_tflops_per_s_and_mfu_against_the_tables_peak(tmp_path):
+  rows = flop_run(tmp_path, peak=0.0)  # 0: the peak from the table, by device kind
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  done = summary(tmp_path)
+  flops = done["flops_per_step"]
+  assert flops > 0 and done["step_devices"] == 8
+  # The CPU's figure is the host's; the 8 simulated devices share it.
+  assert done["peak_flops_per_device"] == pytest.approx(plan_lib.TARGETS["cpu"].peak_flops / 8)
+  for r in rows:
+    assert math.isfinite(r["tflops_per_s"]) and r["tflops_per_s"] > 0
+    assert math.isfinite(r["mfu"]) and 0 < r["mfu"] < 1
+    # Over the same interval as steps_per_s / tokens_per_s.
+    assert r["tflops_per_s"] == pytest.approx(flops * r["steps_per_s"] / 1e12, rel=1e-9)
+    assert r["mfu"] == pytest.approx(flops * r["steps_per_s"] / plan_lib.TARGETS["cpu"].peak_flops, rel=1e-9)
+
+
+@pytest.mark.parametrize("peak", [0.0, 1e9])
+def test_an_unknown_device_logs_no_mfu_unless_its_peak_is_set(tmp_path, monkeypatch, caplog, peak):
+  monkeypatch.setattr(loop_lib, "device_peak_flops", lambda devices: (None, "TPU v9"))
+  caplog.set_level(logging.INFO)
+  rows = flop_run(tmp_path, peak=peak)
+  assert all(r["tflops_per_s"] > 0 for r in rows)  # the achieved rate needs no peak
+  if peak:
+    assert all(r["mfu"] == pytest.approx(r["tflops_per_s"] * 1e12 / (peak * 8), rel=1e-9) for r in rows)
+    assert summary(tmp_path)["peak_flops_source"] == "config.peak_flops_per_device"
+  else:
+    assert not any("mfu" in r for r in rows)
+    assert "no peak FLOP/s is known for device kind 'TPU v9'" in caplog.text
+    assert "set config.peak_flops_per_device" in caplog.text
+    assert summary(tmp_path)["peak_flops_per_device"] is None
+
+
+def test_a_step_that_cannot_be_counted_runs_on_without_flop_rates(tmp_path, caplog):
+  exp = demo.build(flop_config())
+  # A plain wrapper: no .trace, and make_jaxpr cannot trace the mesh context the step enters.
+  rows = flop_run(tmp_path, exp=exp, train_step=lambda state, batch: exp.train_step(state, batch))
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  assert not any("mfu" in r or "tflops_per_s" in r for r in rows)
+  assert "could not count the train step's FLOPs" in caplog.text
+  assert "flops_per_step" not in summary(tmp_path)
+
+
+def test_negative_peak_is_refused_naming_the_field(tmp_path, built):
+  config = small_config()
+  config.peak_flops_per_device = -1.0
+  with pytest.raises(ValueError, match=r"config\.peak_flops_per_device must be FLOP/s of one device"):
+    run(config, tmp_path, exp=built, train_step=never_compiled)
+
+
+def test_flops_per_step_of_one_dense_layer_is_forward_plus_the_weight_gradient():
+  batch, k, n = 8, 16, 4
+  mesh = trainkit.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  rules = (("batch", ("data", "fsdp")),)
+  layer = nn.Dense(n, use_bias=False)
+  init = lambda rng: layer.init(rng, jnp.zeros((1, k)))["params"]  # noqa: E731
+  tx = optax.adam(1e-3)
+  state, shardings = trainkit.abstract_train_state(init, tx, mesh, rules)  # nothing allocated
+  sharding = trainkit.batch_sharding(mesh, rules)
+
+  def loss_fn(params, b, rng):
+    return jnp.mean((layer.apply({"params": params}, b["x"]) - b["y"]) ** 2), {}
+
+  step = trainkit.make_train_step(loss_fn, tx, shardings, sharding, mesh=mesh, rules=rules)
+  b = {"x": jax.ShapeDtypeStruct((batch, k), jnp.float32, sharding=sharding),
+       "y": jax.ShapeDtypeStruct((batch, n), jnp.float32, sharding=sharding)}
+  # Forward x[8,16] @ W[16,4]: 2*8*16*4 = 1024; backward dW = x^T[16,8] @ dy[8,4]: 1024 more. No dx (x is
+  # data, not a param); the loss, the gradient norm and Adam multiply no matrices.
+  assert flops_lib.step_flops(step, state, b) == 2 * (2 * batch * k * n) == 2048
+  # A step without make_train_step's .trace is counted through jax.make_jaxpr, the same way.
+  plain = jax.jit(lambda p, bb: jax.grad(lambda q: loss_fn(q, bb, None)[0])(p))
+  assert flops_lib.step_flops(plain, state.params, b) == 2048
+
+
+def test_peak_table_by_device_kind():
+  def devices(kind, platform="tpu", count=1):
+    return [types.SimpleNamespace(device_kind=kind, platform=platform, process_index=0, id=i) for i in range(count)]
+
+  assert plan_lib.device_peak_flops(devices("TPU v5 lite")) == (197e12, "TPU v5e")
+  assert plan_lib.device_peak_flops(devices("TPU v5")) == (459e12, "TPU v5p")
+  assert plan_lib.device_peak_flops(devices("TPU v6 lite")) == (918e12, "TPU v6e")
+  assert plan_lib.device_peak_flops(devices("NVIDIA H200", "gpu")) == (989e12, "NVIDIA H200")
+  assert plan_lib.device_peak_flops(devices("cpu", "cpu", 4))[0] == plan_lib.TARGETS["cpu"].peak_flops / 4
+  assert plan_lib.device_peak_flops(devices("TPU v4 lite")) == (None, "TPU v4 lite")  # v4i: not in the table

@@ -221,6 +221,7 @@ def train(config, workdir: str) -> dict:
   spec = llava_data.ExampleSpec(template=config.data.template, stage=config.stage, max_length=config.data.max_length,
                                 caption_max_length=config.data.caption_max_length, max_images=1,
                                 use_retrieved=config.stage == 2 and config.data.use_retrieved,
+                                retrieved_dropout=config.data.retrieved_dropout,
                                 caption_template=config.data.caption_template)
 
   def prepare():

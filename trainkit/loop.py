@@ -5,7 +5,13 @@
 Config fields read: total_steps, log_every, eval_every (0: off), checkpoint.every, checkpoint.keep,
 checkpoint.use_async, batch_size (checked against the data-parallel size), tokens_per_batch (optional:
 tokens/s from a fixed count; by default a batch's tokens are the ones its `attention_mask` marks, counted
-on the host). The resolved config is written to `<workdir>/config.json` and TensorBoard's hparams.
+on the host), peak_flops_per_device (optional float, FLOP/s of one device for MFU; 0 or absent: the
+table in trainkit/plan.py by the device kind). The resolved config is written to `<workdir>/config.json` and
+TensorBoard's hparams.
+
+Each logged interval has steps_per_s and tokens_per_s, and from the step's FLOPs (its jaxpr's matmuls,
+counted once before the first step, trainkit/flops.py) tflops_per_s achieved and mfu (that over the peak
+of all the step's devices); left out when the count fails or the device's peak is unknown.
 
 A resumed run first drops the records after its checkpoint's step from `<workdir>/metrics.jsonl` (the
 steps it is about to redo), so readers see each step once. Preemption (SIGTERM) is noticed as
@@ -26,7 +32,9 @@ from absl import logging
 
 from trainkit.checkpoint import Checkpointer
 from trainkit.data import SkipCounter, to_global
+from trainkit.flops import flop_rates, step_flops
 from trainkit.metrics import MetricsWriter, Progress
+from trainkit.plan import device_peak_flops
 from trainkit.preemption import PreemptionWatch
 from trainkit.workdir_lock import holds_workdir_lock
 
@@ -55,6 +63,10 @@ def validate_config(config, batch_sharding=None) -> None:
   if every is None or int(every) <= 0:
     raise ValueError(f"config.checkpoint.every must be a positive number of steps (a checkpoint every N "
                      f"steps), got {every}")
+  peak = config.get("peak_flops_per_device", 0.0)
+  if peak is not None and not float(peak) >= 0:
+    raise ValueError(f"config.peak_flops_per_device must be FLOP/s of one device, or 0 for the table's figure "
+                     f"(trainkit/plan.py), got {peak}")
   batch = config.get("batch_size", None)
   if batch is not None and batch_sharding is not None:
     _check_divisible(int(batch), batch_sharding, f"config.batch_size={batch}")
@@ -126,6 +138,7 @@ def train_loop(
   eval_every = int(config.get("eval_every", 0) or 0)
   last_good, last_saved = step, start
   last_metrics: dict = {}
+  flops_per_step, peak_total = None, None  # counted on the first step's shapes
   t_start = time.time()
 
   def report(at: int, device_metrics, tokens: int | None) -> None:
@@ -143,8 +156,8 @@ def train_loop(
     last_good, last_metrics = at, metrics
     due = at % log_every == 0 or at == total
     rate = progress.update(at, metrics, tokens, new_interval=due)
-    if due:
-      writer.write(at, {**metrics, **rate})
+    if due:  # FLOP rates over the same interval as tokens_per_s
+      writer.write(at, {**metrics, **rate, **flop_rates(flops_per_step, rate.get("steps_per_s"), peak_total)})
 
   try:
     with PreemptionWatch(step, checkpointer.manager) as preemption:
@@ -156,7 +169,10 @@ def train_loop(
           _check_divisible(rows, batch_sharding, f"the data iterator's batches (config.batch_size="
                                                  f"{config.get('batch_size', None)})")
         tokens = fixed_tokens or _count_tokens(host_batch)
-        state, metrics = train_step(state, to_global(host_batch, batch_sharding))
+        batch = to_global(host_batch, batch_sharding)
+        if step == first_step:  # traced, not compiled: before the step donates the state
+          flops_per_step, peak_total = _flops_and_peak(config, workdir, train_step, state, batch, batch_sharding)
+        state, metrics = train_step(state, batch)
         step += 1
         if pending is not None:
           report(*pending)  # the previous step: already finished, so this does not stall dispatch
@@ -193,6 +209,31 @@ def train_loop(
   logging.info("done at step %d; metrics: %s (TensorBoard: %s); checkpoints: %s", step,
                writer.jsonl_path, writer.tensorboard_dir, checkpointer.directory)
   return state
+
+
+def _flops_and_peak(config, workdir: str, train_step, state, batch,
+                    batch_sharding) -> tuple[int | None, float | None]:
+  """FLOPs of one step on this global batch's shapes, and the peak FLOP/s of all the devices the step runs
+  on (config.peak_flops_per_device, or the table's figure for their kind, times the device count); each
+  None when unknown (a log line says why). Recorded in the log and in `<workdir>/summary.json`."""
+  flops = step_flops(train_step, state, batch)
+  if flops is None:
+    return None, None
+  devices = sorted(getattr(batch_sharding, "device_set", None) or jax.devices(), key=lambda d: d.id)
+  override = float(config.get("peak_flops_per_device", 0.0) or 0.0)
+  if override > 0:
+    per_device, source = override, "config.peak_flops_per_device"
+  else:
+    per_device, source = device_peak_flops(devices)
+  update_summary(workdir, flops_per_step=flops, peak_flops_per_device=per_device, peak_flops_source=source,
+                 step_devices=len(devices))
+  if per_device is None:
+    logging.info("no peak FLOP/s is known for device kind %r (trainkit/plan.py TARGETS); mfu is not logged: "
+                 "set config.peak_flops_per_device to one device's dense peak FLOP/s to log it", source)
+    return flops, None
+  logging.info("flops_per_step=%.4g; mfu against %.4g FLOP/s per device (%s) x %d devices", flops, per_device,
+               source, len(devices))
+  return flops, per_device * len(devices)
 
 
 def _drop_records_after(path: str, step: int) -> None:

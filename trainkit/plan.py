@@ -13,7 +13,7 @@ alone, the state with jax.eval_shape and the batch as ShapeDtypeStructs -- no we
 is allocated -- and returns the jitted step that training runs. The mesh is `config.mesh` over the target's
 devices (override it like any field: `--config.mesh.fsdp=-1`).
 
-Targets (`TARGETS` below has each chip's memory):
+Targets (`TARGETS` below has each chip's memory and dense peak FLOP/s, which the training loop's MFU uses):
 - TPU slices `v4:2x2x2`, `v5e:16x16`, `v5p:4x4x4`, `v6e:2x2`, ... (`--slices=N`: N slices joined over the
   data-centre network, the mesh's `data` axis split across them): fake TPU devices from
   jax.experimental.topologies with libtpu (`pip install -e '.[tpu]'`). libtpu's compiler refuses a
@@ -44,6 +44,8 @@ import re
 import sys
 import time
 
+from trainkit.flops import matmul_flops
+
 GIB = 1024 ** 3
 
 
@@ -58,23 +60,54 @@ class Chip:
   usable_gib: float
   chip_config: str | None = None  # libtpu's chip configuration (v4: one device per chip, 'megacore')
   gpu: dict | None = None  # the XLA GPU target description's device fields
+  # Dense peak FLOP/s of one JAX device, the figure the training loop's MFU divides by (trainkit/loop.py);
+  # for the CPU, of the whole host (its simulated devices share the cores).
+  peak_flops: float | None = None
+  device_kinds: tuple[str, ...] = ()  # what jax's Device.device_kind reports for this chip
 
 
 _GH100 = dict(core_count=132, clock_rate_ghz=1.98, l2_cache_size=50 * 1024 ** 2, compute_capability=(9, 0))
 TARGETS = {
     # usable_gib of the TPUs: libtpu 0.0.42's "exceeds available HBM (30.75G)" etc., measured here.
-    "v4": Chip("TPU v4", "tpu", "32 GiB HBM2", 30.75, chip_config="megacore"),
-    "v5e": Chip("TPU v5e", "tpu", "16 GiB HBM2e", 15.75),
-    "v5p": Chip("TPU v5p", "tpu", "95 GB HBM2e", 95.74),
-    "v6e": Chip("TPU v6e", "tpu", "32 GiB HBM", 31.25),
+    # peak_flops: Google's bf16 dense figures per chip (one JAX device per chip on all four).
+    "v4": Chip("TPU v4", "tpu", "32 GiB HBM2", 30.75, chip_config="megacore", peak_flops=275e12,
+               device_kinds=("TPU v4",)),
+    "v5e": Chip("TPU v5e", "tpu", "16 GiB HBM2e", 15.75, peak_flops=197e12, device_kinds=("TPU v5 lite", "TPU v5e")),
+    "v5p": Chip("TPU v5p", "tpu", "95 GB HBM2e", 95.74, peak_flops=459e12, device_kinds=("TPU v5", "TPU v5p")),
+    "v6e": Chip("TPU v6e", "tpu", "32 GiB HBM", 31.25, peak_flops=918e12, device_kinds=("TPU v6 lite", "TPU v6e")),
     # nvidia-smi's totals: 81,559 MiB (H100 SXM 80GB, NVIDIA's figure) and 143,771 MiB (the H200 this project
-    # benchmarked on, bench/results/h200_env.txt).
+    # benchmarked on, bench/results/h200_env.txt). peak_flops: bf16 dense tensor-core FLOP/s of the SXM
+    # parts, NVIDIA's 1,979 TFLOP/s "with sparsity" halved (the same GH100 die in both).
     "h100": Chip("NVIDIA H100 80GB HBM3", "cuda", "80 GB HBM3", 81559 / 1024,
-                 gpu=dict(_GH100, memory_bandwidth=3.35e12, device_memory_size=81559 * 1024 ** 2)),
+                 gpu=dict(_GH100, memory_bandwidth=3.35e12, device_memory_size=81559 * 1024 ** 2),
+                 peak_flops=989e12, device_kinds=("NVIDIA H100 80GB HBM3",)),
     "h200": Chip("NVIDIA H200", "cuda", "141 GB HBM3e", 143771 / 1024,
-                 gpu=dict(_GH100, memory_bandwidth=4.8e12, device_memory_size=143771 * 1024 ** 2)),
-    "cpu": Chip("CPU (simulated devices)", "cpu", "host memory / devices", 0.0),
+                 gpu=dict(_GH100, memory_bandwidth=4.8e12, device_memory_size=143771 * 1024 ** 2),
+                 peak_flops=989e12, device_kinds=("NVIDIA H200",)),
+    # peak_flops: the f32 matmul peak measured with jax on this project's 2-core machines (2048x2048), the
+    # top of the 190-290 GFLOP/s it reaches there (/work/shared/ENVIRONMENT.md); for the whole host. Another
+    # CPU differs: set config.peak_flops_per_device.
+    "cpu": Chip("CPU (simulated devices)", "cpu", "host memory / devices", 0.0, peak_flops=290e9),
 }
+
+
+def device_peak_flops(devices) -> tuple[float | None, str]:
+  """Dense peak FLOP/s of one of `devices` (the devices a run's step uses; all of one kind), from TARGETS,
+  and the chip's name; (None, its device_kind) for a device the table does not list.
+
+  On the CPU the table's figure is the host's and its simulated devices share the cores: each of the run's
+  devices on a host gets an equal share, so peak x devices is the hosts' total.
+  """
+  device = devices[0]
+  for chip in TARGETS.values():
+    if not chip.peak_flops:
+      continue
+    if chip.platform == "cpu" and device.platform == "cpu":
+      on_host = sum(1 for d in devices if d.process_index == device.process_index)
+      return chip.peak_flops / max(on_host, 1), chip.name
+    if device.device_kind in chip.device_kinds:
+      return chip.peak_flops, chip.name
+  return None, device.device_kind
 
 
 def gpu_target_config(chip: Chip) -> str:
@@ -227,44 +260,6 @@ def per_device_bytes(tree) -> int:
   for x in jax.tree.leaves(tree):
     shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
     total += int(np.prod(shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
-  return total
-
-
-def _sub_jaxprs(value):
-  if hasattr(value, "eqns"):
-    yield value
-  elif hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):
-    yield value.jaxpr
-  elif isinstance(value, (tuple, list)):
-    for v in value:
-      yield from _sub_jaxprs(v)
-
-
-def matmul_flops(jaxpr) -> int:
-  """FLOPs of every dot_general and convolution in a jaxpr, for the whole (global) batch: 2 per
-  multiply-add. A scan body counts `length` times; the larger branch of a cond counts; a while body counts
-  once (its trip count is not in the jaxpr); rematerialised computations count each time they run."""
-  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-  total = 0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name == "dot_general":
-      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      contract = math.prod(lhs[d] for d in lhs_contract)
-      total += 2 * math.prod(eqn.outvars[0].aval.shape) * contract
-      continue
-    if name == "conv_general_dilated":
-      rhs = eqn.invars[1].aval.shape
-      out_features = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
-      total += 2 * math.prod(eqn.outvars[0].aval.shape) * (math.prod(rhs) // out_features)
-      continue
-    subs = [j for v in eqn.params.values() for j in _sub_jaxprs(v)]
-    if name == "cond":
-      total += max((matmul_flops(j) for j in subs), default=0)
-    else:
-      times = int(eqn.params.get("length", 1)) if name == "scan" else 1
-      total += times * sum(matmul_flops(j) for j in subs)
   return total
 
 

@@ -27,6 +27,7 @@ def base_config(*, trainer, task, model, seed, epochs, n_drop, n_crop=0, target=
   config.epochs = epochs
   config.total_steps = -1  # -1: epochs x steps per epoch
   config.log_every = 5
+  config.peak_flops_per_device = 0.0  # MFU's peak; 0: trainkit/plan.py's table by device kind
   config.eval_every = -1  # -1: once per epoch
   config.progress_bar = True
   config.optimizer = dict(name="adamw", learning_rate=learning_rate, weight_decay=0.01, b1=0.9, b2=0.999,

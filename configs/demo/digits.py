@@ -30,6 +30,7 @@ def get_config(arg: str = ""):
   config.batch_size = 64
   config.total_steps = 200
   config.log_every = 10
+  config.peak_flops_per_device = 0.0  # MFU's peak; 0: trainkit/plan.py's table by device kind
   config.eval_every = 50
   config.optimizer = dict(
       name="adamw", learning_rate=3e-3, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8,

@@ -32,13 +32,15 @@ def base_config(*, stage, seed, weight, layers, template, lr, batch_size, total_
   data.setdefault("buckets", ())
   data.setdefault("caption_buckets", ())
   config.data = dict(json="", image_dir="", tfds_dir="", heldout_fraction=0.1, template=template,
-                     caption_template=template if template != "plain" else "vicuna_v1", use_retrieved=True, **data)
+                     caption_template=template if template != "plain" else "vicuna_v1", use_retrieved=True,
+                     retrieved_dropout=0.0, **data)
   config.tga = dict(weight=weight if stage == 2 else 0.0, schedule="constant", form="paper", layers=tuple(layers),
                     lm_weight=1.0)
   config.init_from = ""
   config.batch_size = batch_size
   config.total_steps = total_steps
   config.log_every = 5
+  config.peak_flops_per_device = 0.0  # MFU's peak; 0: trainkit/plan.py's table by device kind
   config.eval_every = max(total_steps // 4, 1)
   config.eval_batches = 4
   config.progress_bar = True

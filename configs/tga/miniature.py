@@ -79,6 +79,9 @@ VARIANTS = {
     # instead of the linear probe's first separating layer (keys starting with '_' are not config fields).
     "tga_alg1_band": {"tga.weight": 1.0, "data.use_retrieved": True, "_band": "algorithm1"},
     # A lever on what stage 2 keeps of stage 1's naming: the projector at lr 3e-4 instead of 1e-3.
+    # A lever on image-alone naming under TGA: half the stage-2 records train without their retrieved text
+    # (the same half every epoch), so the model cannot always read the object's name from the prompt.
+    "tga_rtdrop": {"tga.weight": 1.0, "data.use_retrieved": True, "data.retrieved_dropout": 0.5},
     "plain_lr3e-4": {"tga.weight": 0.0, "data.use_retrieved": False, "optimizer.learning_rate": 3e-4},
     "tga_lr3e-4": {"tga.weight": 1.0, "data.use_retrieved": True, "optimizer.learning_rate": 3e-4},
     # The paper's stage 2 trains the LLM too: here through rank-8 LoRA on its attention and MLP

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -169,6 +170,9 @@ class ExampleSpec:
 
   stage 1: plain template, captions as targets, no retrieved text. stage 2: `template`, with
   "Retrieved Text: {r}. " before the image when `use_retrieved` (TGA trains and infers with it).
+  retrieved_dropout: the fraction of image records trained without their retrieved text (picked by a hash
+  of the record id, so the same records every epoch and on every host): the model must then read the
+  image itself, and the guidance keeps only its image term for them.
   caption_template: the text-only caption pass ("Describe this scene: {caption}") for C_j.
   """
   template: str = "plain"
@@ -177,12 +181,19 @@ class ExampleSpec:
   caption_max_length: int = 64
   max_images: int = 1
   use_retrieved: bool = False
+  retrieved_dropout: float = 0.0
   caption_template: str = "vicuna_v1"
   system: str | None = None
 
 
 def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _dropped(record_id: str, fraction: float) -> bool:
+  """Whether `record_id` falls in the `fraction` of records trained without retrieved text (crc32: a hash
+  that is the same in every process, unlike Python's salted hash)."""
+  return fraction > 0 and zlib.crc32(record_id.encode("utf-8")) / 2**32 < fraction
 
 
 def make_parse(tokenizer, config: LvlmConfig, spec: ExampleSpec):
@@ -198,8 +209,9 @@ def make_parse(tokenizer, config: LvlmConfig, spec: ExampleSpec):
       raise BadRecord(f"{problem.split(':')[0]}: record {rid}: {problem}")
     images = list(record["images"])
     raw = {"id": rid, "conversations": json.loads(_text(record["conversations"]))}
-    retrieved = _text(record["retrieved_caption"]) if spec.use_retrieved and images else None
-    if spec.use_retrieved and images and not retrieved:
+    with_retrieved = spec.use_retrieved and images and not _dropped(rid, spec.retrieved_dropout)
+    retrieved = _text(record["retrieved_caption"]) if with_retrieved else None
+    if with_retrieved and not retrieved:
       raise BadRecord(f"missing retrieved_caption: record {rid} has an image but no retrieved_caption; "
                       f"run python -m tga_jax.annotate first")
     template = "plain" if spec.stage == 1 else spec.template

@@ -36,12 +36,13 @@ def gguf_tokenizer(path: str):
   byte-level pre-tokenizer without a prefix space, the file's merges, CONTROL and USER_DEFINED entries as
   added tokens that are never split, and bos/eos/unk/pad from the `*_token_id` fields.
   """
-  import gguf
   from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
   from transformers import PreTrainedTokenizerFast
 
+  from tga_jax.weights.gguf_io import open_gguf
+
   try:
-    reader = gguf.GGUFReader(path)
+    reader = open_gguf(path)  # parsed once per process (the weights share it)
   except Exception as e:  # noqa: BLE001 -- the gguf reader raises assorted types on bad files
     raise ValueError(f"{path}: not a readable GGUF file: {e}") from e
   kind = _gguf_field(reader, "tokenizer.ggml.model")

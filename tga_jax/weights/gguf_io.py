@@ -6,6 +6,7 @@ interleaves the two rotary halves of every head); we undo that so the result is 
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -47,6 +48,24 @@ def unpermute_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
   return w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def open_gguf(path: str):
+  """The file's parsed `gguf.GGUFReader` (read-only), shared within the process while the file is unchanged.
+
+  Parsing a GGUF's metadata takes seconds (SmolLM2's 49,152 tokens and 48,900 merges are read entry by
+  entry), and one process often opens the same file several times: the tokenizer and the weights, then
+  again for evaluation or analysis. Raises what the reader (or os.stat) raises for a missing or bad file.
+  """
+  stat = os.stat(path)
+  return _open_gguf(os.path.realpath(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=4)
+def _open_gguf(path: str, mtime_ns: int, size: int, inode: int):
+  del mtime_ns, size, inode  # the cache key: a rewritten file is parsed again
+  import gguf
+  return gguf.GGUFReader(path)
+
+
 def _field(reader, key, default=None):
   field = reader.fields.get(key)
   if field is None:
@@ -56,10 +75,8 @@ def _field(reader, key, default=None):
 
 def read_gguf(path: str) -> tuple[dict, dict[str, tuple[tuple, Callable[[], np.ndarray]]]]:
   """Returns (HF-style config dict, HF name -> (HF shape, loader of a float32 array))."""
-  import gguf
-
   try:
-    reader = gguf.GGUFReader(path)
+    reader = open_gguf(path)
   except Exception as e:  # noqa: BLE001 -- the gguf reader raises assorted types on bad files
     raise ValueError(f"{path}: not a readable GGUF file: {e}") from e
   arch = _field(reader, "general.architecture")
