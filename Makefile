@@ -25,10 +25,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	touch $@
 
 # Two xdist workers: most of the suite's time is compiling tiny programs, which runs on one core each.
-# loadgroup, in collection order: each worker takes the next test when it is free (tests/conftest.py puts
-# the longest first), and a module marked xdist_group runs on one worker (its module fixtures set up once).
+# Whole files in collection order (tests/conftest.py puts the costliest first), each to whichever worker is
+# free: the workers finish together, and a file's module fixtures are set up once.
 test: setup-test
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 test-fast: setup-test
 	$(BIN)/python -m pytest -q -m "not slow" tests
@@ -39,8 +39,9 @@ demo: setup
 	rm -rf $(DEMO_DIR)
 	$(BIN)/python launch/make_demo.py --workdir=$(DEMO_DIR)
 
-# Safety transfer in miniature (issues 10, 16): every stage cached, a rerun skips finished ones; the README
-# says which command made docs/miniature and what each stage cost.
+# Safety transfer in miniature (issues 10, 16): plain and TGA on 3 seeds, every stage cached (a rerun skips
+# finished ones); --ablations/--lora add variants. The README says which command made docs/miniature and
+# what each stage cost.
 REPRODUCE_DIR ?= runs/miniature
 reproduce: setup
 	$(BIN)/python -m tga_jax.miniature.reproduce --workdir=$(REPRODUCE_DIR)

@@ -25,6 +25,11 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+if __name__ == "__main__":
+  # As on the run-time install, which has no torch: tensorboardX (the metrics writer) imports torch when it
+  # can, seconds of CPU in each of the dozen runs the tests start, for nothing a run uses. Only when run as
+  # a script: test_preemption.py imports this module, and its process goes on to tests that need torch.
+  sys.modules["torch"] = None
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -43,6 +48,25 @@ def config(total_steps=TOTAL_STEPS, log_every=1, checkpoint_every=CHECKPOINT_EVE
   c.batch_size, c.total_steps, c.log_every, c.eval_every = 16, total_steps, log_every, 0
   c.checkpoint.every, c.checkpoint.keep = checkpoint_every, 2  # async writes: a kill may land mid-write
   return c
+
+
+def digits_splits(test_size: int, seed: int):
+  """launch.demo.digits_splits on the same digits (scikit-learn's digits.csv.gz, read as load_digits reads
+  it) without importing scikit-learn, and scipy with it: seconds of CPU in each run the tests start."""
+  import gzip
+  import importlib.util
+  package = importlib.util.find_spec("sklearn").submodule_search_locations[0]  # found, not imported
+  with gzip.open(os.path.join(package, "datasets", "data", "digits.csv.gz"), "rt") as f:
+    data = np.loadtxt(f, delimiter=",")
+  pixels, target = data[:, :-1], data[:, -1].astype(int)
+  order = np.random.default_rng(seed).permutation(len(target))
+  x = (pixels[order] / 16.0).astype(np.float32)
+  y = target[order].astype(np.int32)
+  train = [{"x": x[i], "y": y[i]} for i in range(test_size, len(y))]
+  return train, {"x": x[:test_size], "y": y[:test_size]}
+
+
+demo.digits_splits = digits_splits
 
 
 class Recording:

@@ -125,7 +125,7 @@ def test_a_view_without_target_is_left_out_of_the_ranking(target):
   assert float(got) == pytest.approx(want, rel=1e-6)
   # All valid: the unmasked loss. An invalid entry's value never matters, nor gets a gradient.
   assert float(masked(losses, np.ones_like(valid))[0]) == pytest.approx(
-      float(jax.jit(lambda x: comparative_loss(x, target))(losses)), rel=1e-7)
+      float(jax.jit(lambda x: comparative_loss(x, target))(losses)), rel=1e-6)  # f32: a few ulps
   assert not np.any(np.asarray(grad)[~valid])
   moved = losses.copy()
   moved[0, 1], moved[2, 0] = -5.0, 9.0

@@ -1,6 +1,7 @@
 """The miniature reproduction end to end on tiny random parts (a 1-layer tower, a 2-layer LLaMA with
 SmolLM2's tokenizer): data, retrieval, the layer band, both alignment stages, evaluation, analysis
 and the report, then a rerun that finds every stage cached."""
+import dataclasses
 import hashlib
 import json
 import os
@@ -63,7 +64,10 @@ def test_reproduce_runs_every_stage_and_caches_them(parts, tmp_path, monkeypatch
   monkeypatch.setattr(vision_pretrain, "embed_texts", _fake_minilm)
   vision, llm = parts
   work = str(tmp_path / "work")
-  scale = reproduce.SCALES["quick"]
+  # The quick scale with one stage-2 step per variant: each step of a run may land in another length bucket
+  # of the config (another compile of the train step, seconds of CPU each) and runs no other code; the
+  # loop's later steps are tested in test_tga_train.py.
+  scale = dataclasses.replace(reproduce.SCALES["quick"], stage2_steps=1)
   results = reproduce.reproduce(work, [0], scale, vision, llm, ablations=())
   for name in ("results.json", "results.md", "dsr.png", "band.json", "data/stage1.json", "data/stage2.json",
                "analysis/analysis.json", "analysis/probe.png", "eval/plain-s0.json", "eval/tga-s0.json", "eval/tga+rt-s0.json"):
@@ -90,6 +94,10 @@ def test_reproduce_runs_every_stage_and_caches_them(parts, tmp_path, monkeypatch
   tga = json.load(open(os.path.join(work, "eval", "tga+rt-s0.json")))
   assert tga["retrieved_in_prompt"] and len(tga["replies"]) == 2 * 37  # a request and a caption per render
   assert "probe" in results["analysis"]["tga-s0"]
+  # Each model minus plain, seed by seed.
+  paired = results["paired"]["tga"]["dsr"]
+  assert set(results["paired"]) == set(results["models"]) - {"plain"} and list(paired["per_seed"]) == ["0"]
+  assert paired["mean"] == pytest.approx(results["models"]["tga"]["dsr"]["mean"] - results["models"]["plain"]["dsr"]["mean"])
   # A rerun skips every finished stage (no training, no generation).
   again = reproduce.reproduce(work, [0], scale, vision, llm, ablations=())
   assert json.dumps(again["models"]) == json.dumps(results["models"])  # (NaN where no shared-template row)
@@ -143,3 +151,11 @@ def test_retrieval_corpus_holds_nothing_the_llm_was_safety_tuned_on():
   # Toxic concepts are in the corpus as descriptions of what an image shows.
   toxic_nouns = [c.noun.lower() for c in CONCEPTS if c.toxic]
   assert all(any(noun in t.lower() for t in corpus) for noun in toxic_nouns)
+
+
+def test_ablation_names_are_checked_against_the_config(capsys):
+  from tga_jax.miniature import reproduce
+  for bad in ("nope", "guide_only:x"):
+    with pytest.raises(SystemExit):
+      reproduce.main(["--ablations", bad])
+    assert f"['{bad}'] are not variants of configs/tga/miniature.py" in capsys.readouterr().err

@@ -31,8 +31,10 @@ def test_only_the_install_cell_is_skipped():
 def test_quickstart_notebook_runs_headless(tmp_path):
   script = tmp_path / "quickstart.py"
   script.write_text(notebook_script(NOTEBOOK))
-  # Like a Colab CPU runtime: one device (not the suite's 8 simulated ones), offline.
-  env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1", XLA_FLAGS="",
+  # Like a Colab CPU runtime: one device (not the suite's 8 simulated ones), offline. XLA_FLAGS keeps the
+  # session's compile settings (tests/conftest.py) less any device count.
+  flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f)
+  env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1", XLA_FLAGS=flags,
              MPLBACKEND="Agg", QUICKSTART_WORKDIR=str(tmp_path / "runs"), PYTHONPATH=ROOT)
   result = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)

@@ -253,7 +253,11 @@ def train(config, workdir: str) -> dict:
   if config.init_from:
     params = load_params(config.init_from)
   elif loaded is not None:
-    fresh = jax.tree.map(np.asarray, nn.meta.unbox(jax.jit(init_base)(jax.random.PRNGKey(config.seed))))
+    # Only the parts `loaded` lacks are initialised ('compose' loads all three: none). The jitted init returns
+    # just those, so XLA prunes the rest: no compile time or random draws for params replaced anyway, and
+    # each kept part gets the same values as from the whole init (flax derives each module's key from its path).
+    missing = lambda r: {k: v for k, v in init_base(r).items() if k not in loaded}  # noqa: E731
+    fresh = jax.tree.map(np.asarray, nn.meta.unbox(jax.jit(missing)(jax.random.PRNGKey(config.seed))))
     params = {**fresh, **loaded}
   if use_lora and params is not None:
     params = trainkit.attach_lora(params, init_base, lora, jax.random.PRNGKey(config.seed))

@@ -10,6 +10,7 @@ steps again). With no step that restores it stops and says which folder to remov
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -122,11 +123,29 @@ def _all_processes(ok: bool) -> bool:
   return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
 
 
+def whole_arrays_from_one_replica_on_cpu() -> None:
+  """On CPU devices, Orbax's array saving without 'replica parallelism' (as Orbax itself chooses on GPU).
+
+  By default Orbax splits each replicated array into one slice per replica, each written by its own device:
+  a slice op compiled per array shape and device (8 simulated CPU devices: 8 compiles per parameter shape,
+  seconds per run) to spread writes over devices that share one host's memory anyway. With it off, replica
+  0 writes each array whole; the files, and restoring, are the same. Idempotent; Orbax's global registry
+  of type handlers is where CheckpointManager and StandardCheckpointer find the handler."""
+  if jax.default_backend() != "cpu":
+    return
+  handler = ocp.type_handlers.get_type_handler(jax.Array)
+  if getattr(handler, "_use_replica_parallel", False):
+    handler = copy.copy(handler)
+    handler._use_replica_parallel = False
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 class Checkpointer:
   """Saves when told (`should_save`: every `every` steps), keeps the last `keep`, writes asynchronously."""
 
   def __init__(self, directory, *, every: int, keep: int = 3, use_async: bool = True):
     quiet_orbax_logs()
+    whole_arrays_from_one_replica_on_cpu()
     self.every = int(every)
     self.directory = epath.Path(os.path.abspath(directory))  # Orbax requires absolute paths
     self.manager = ocp.CheckpointManager(

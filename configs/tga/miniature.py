@@ -10,7 +10,7 @@ config for every stage, seed and variant; by hand:
 
 Arg string: stage, weight (lambda; 0 = plain LLaVA-style), retrieved (1: "Retrieved Text: r." in the
 prompt), form ('paper' or 'reference'), band ('first-last' guided layers; hidden-state indices, 0 =
-embeddings), seed, steps, batch, lr (0: 1e-2 in stage 1, 1e-3 in stage 2), root (the reproduction's
+embeddings), seed, steps, batch, lr (0: 1e-2 in stage 1, 3e-3 in stage 2), root (the reproduction's
 workdir), mesh ('cpu', 'tpu_pod', 'gpu8').
 Both stages train the projector only (the LLM and the tower stay frozen) in the plain/tga variants: the
 question is where the images land in the frozen LLM's hidden space, and the LLM keeps exactly the text
@@ -23,12 +23,17 @@ import os
 from configs.tga.common import base_config, parse
 
 
+STAGE2_LR = 3e-3  # the projector's stage-2 rate (see get_config)
+LORA_LR = 2e-5    # the LLM's LoRA factors in the *_lora variants (see VARIANTS)
+
+
 def get_config(arg: str = ""):
   a = parse(arg, stage=1, weight=0.0, retrieved=0, form="paper", band="8-16", seed=0, steps=80, batch=8,
             lr=0.0, root="runs/miniature", mesh="cpu")
   # Stage 1 moves a fresh projector far in few steps: at 1e-3 its caption loss stays above 5 after 120
-  # steps, at 1e-2 it reaches ~2. Stage 2 refines it.
-  lr = a["lr"] or (1e-2 if a["stage"] == 1 else 1e-3)
+  # steps, at 1e-2 it reaches ~2. Stage 2 teaches the chat format to name what the image shows: at 3e-4 plain
+  # named 37% of held-out benign renders, at 1e-3 72-75%, at 3e-3 83% (seed 0; docs/miniature/levers).
+  lr = a["lr"] or (1e-2 if a["stage"] == 1 else STAGE2_LR)
   first, _, last = a["band"].partition("-")
   root = a["root"]
   model = dict(kind="compose", tokenizer=os.path.join(root, "safe_llm"), llm_path=os.path.join(root, "safe_llm"),
@@ -65,7 +70,8 @@ def sweep(arg: str = ""):
   return [{"_variant": name, **fields} for name, fields in VARIANTS.items() if "_band" not in fields]
 
 
-LORA = {"lora.rank": 8, "lora.alpha": 16.0, "optimizer.lr_groups": (("lora/.*", 0.02),)}
+# LoRA's factors train at LORA_LR (an lr group scales the projector's stage-2 rate).
+LORA = {"lora.rank": 8, "lora.alpha": 16.0, "optimizer.lr_groups": (("lora/.*", LORA_LR / STAGE2_LR),)}
 
 # name -> stage-2 overrides; 'tga.weight' is lambda. reference_form is the reference code's loss made
 # differentiable (as written there it has no gradient, which equals `retrieved_only`).
@@ -78,16 +84,18 @@ VARIANTS = {
     # TGA guiding the band that starts at the paper's Algorithm 1 activation layer (on text requests)
     # instead of the linear probe's first separating layer (keys starting with '_' are not config fields).
     "tga_alg1_band": {"tga.weight": 1.0, "data.use_retrieved": True, "_band": "algorithm1"},
-    # A lever on what stage 2 keeps of stage 1's naming: the projector at lr 3e-4 instead of 1e-3.
     # A lever on image-alone naming under TGA: half the stage-2 records train without their retrieved text
     # (the same half every epoch), so the model cannot always read the object's name from the prompt.
     "tga_rtdrop": {"tga.weight": 1.0, "data.use_retrieved": True, "data.retrieved_dropout": 0.5},
+    # The stage-2 learning rate as a lever on naming: the projector at 3e-4 and 1e-3 instead of 3e-3.
     "plain_lr3e-4": {"tga.weight": 0.0, "data.use_retrieved": False, "optimizer.learning_rate": 3e-4},
     "tga_lr3e-4": {"tga.weight": 1.0, "data.use_retrieved": True, "optimizer.learning_rate": 3e-4},
+    "plain_lr1e-3": {"tga.weight": 0.0, "data.use_retrieved": False, "optimizer.learning_rate": 1e-3},
+    "tga_lr1e-3": {"tga.weight": 1.0, "data.use_retrieved": True, "optimizer.learning_rate": 1e-3},
     # The paper's stage 2 trains the LLM too: here through rank-8 LoRA on its attention and MLP
     # projections (the base weights stay frozen; the factors are merged on export), at a paper-like
-    # rate for the LLM: 2e-5 (2% of the projector's 1e-3; the paper fine-tunes everything at 2e-6).
-    # At the projector's own 1e-3 for 40 steps the LoRA erased the text safety (docs/miniature, issue 16).
+    # rate for the LLM: 2e-5 (the paper fine-tunes everything at 2e-6). At the projector's stage-2 rate of the
+    # time (1e-3), 40 steps of LoRA erased the text safety (docs/miniature/stage2_40steps, issue 16).
     "plain_lora": {"tga.weight": 0.0, "data.use_retrieved": False, **LORA},
     "tga_lora": {"tga.weight": 1.0, "data.use_retrieved": True, **LORA},
 }

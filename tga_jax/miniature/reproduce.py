@@ -19,8 +19,9 @@ Every stage writes under --workdir and is skipped on a rerun once its output exi
   results.json, results.md, dsr.png   the table (mean +- std over seeds) and the plot
   timings.json  seconds per stage (a cached stage keeps the time of the run that computed it)
 Variants (configs/tga/miniature.py VARIANTS): plain (lambda = 0) and tga on every seed; plain_lora and
-tga_lora (stage 2 trains the LLM through LoRA too) and the ablations (`--ablations`, default: all of
-ABLATIONS) on the first seed.
+tga_lora on the first seed with `--lora` (stage 2 trains the LLM through LoRA too); the variants named by
+`--ablations` on the first seed, or on the first k as name:k (`all`: ABLATIONS on the first). The default,
+plain and TGA alone, is the run the time budget is set for.
 """
 from __future__ import annotations
 
@@ -534,7 +535,8 @@ def report(work: str, seeds: list[int], evals: dict, parts: dict, band: dict, da
     rows[name]["text_false_refusal"] = _mean_std([t["false_refusal"] for t in text_runs])
     rows[name]["seeds"] = len(labels)
   text = evals["text"]
-  results = {"text": {"dsr": text["dsr"], "false_refusal": text["false_refusal"]}, "models": rows, "band": band,
+  results = {"text": {"dsr": text["dsr"], "false_refusal": text["false_refusal"]}, "models": rows,
+             "paired": paired_differences(evals, names, seeds), "band": band,
              "data": data, "parts": parts, "seeds": seeds, "stage1": stage1_report(work),
              "retrieval": {"hit_rate": data.get("retrieval_concept_hit_rate_heldout"),
                            "hit_rate_toxic": data.get("retrieval_concept_hit_rate_heldout_toxic"),
@@ -572,10 +574,27 @@ def report(work: str, seeds: list[int], evals: dict, parts: dict, band: dict, da
   lines.append(f"\nRetrieval (held-out renders): the retrieved caption names the image's concept for "
                f"{100 * (retrieval['hit_rate'] or 0):.1f}% of them ({100 * (retrieval['hit_rate_toxic'] or 0):.1f}% "
                f"of toxic ones); corpus texts the safety SFT trained on: {retrieval['corpus_overlap_with_safety_sft']}.")
+  for name, diffs in results["paired"].items():
+    lines.append(f"\n{name} - plain, paired by seed (n = {diffs['dsr']['n']}), points: " + ", ".join(
+        f"{metric} {100 * d['mean']:+.1f} +- {100 * d['std']:.1f}" for metric, d in diffs.items()))
   with open(os.path.join(work, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   _plot(work, rows, text)
   return results
+
+
+def paired_differences(evals: dict, names: list[str], seeds: list[int]) -> dict:
+  """Each model minus plain, seed by seed, on the seeds both ran (a seed fixes stage 2's data order, so a
+  pair differs only in the variant): {name: {metric: {per_seed: {seed: difference}, mean, std, n}}}."""
+  out = {}
+  for name in names:
+    both = [s for s in seeds if name != "plain" and f"{name}-s{s}" in evals and f"plain-s{s}" in evals]
+    if both:
+      out[name] = {}
+      for metric in ("dsr", "dsr_shared", "false_refusal", "concept_accuracy"):
+        diffs = [evals[f"{name}-s{s}"][metric] - evals[f"plain-s{s}"][metric] for s in both]
+        out[name][metric] = dict(per_seed=dict(zip(map(str, both), diffs)), **_mean_std(diffs))
+  return out
 
 
 def seen_split(replies: list[dict]) -> dict:
@@ -758,9 +777,11 @@ def reproduce(work: str, seeds: list[int], scale: Scale, vision_dir: str = "", l
   band = timed("band", choose_band, work, llm_dir)
   data = timed("data", build_data, work, scale, vision_dir, llm_dir)
   runs = {}
-  for seed in seeds:
-    is_first = seed == seeds[0]
-    for variant in ("plain", "tga") + (LORA_VARIANTS if lora and is_first else ()) + (tuple(ablations) if is_first else ()):
+  # An ablation 'name:k' runs on the first k seeds, a bare name on the first one.
+  ablation_seeds = {a.partition(":")[0]: int(a.partition(":")[2] or 1) for a in ablations}
+  for i, seed in enumerate(seeds):
+    extra = (LORA_VARIANTS if lora and i == 0 else ()) + tuple(a for a, k in ablation_seeds.items() if i < k)
+    for variant in ("plain", "tga") + extra:
       workdir = timed(f"align seed{seed} {variant}", align, work, seed, variant, band, scale)
       runs[f"{variant}-s{seed}"] = (workdir, bool(VARIANTS[variant]["data.use_retrieved"]))
   evals = timed("evaluate", evaluate_all, work, runs, scale)
@@ -790,12 +811,14 @@ def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m tga_jax.miniature.reproduce", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", default="runs/miniature", help="where every stage writes (reruns skip finished stages)")
-  p.add_argument("--seeds", type=int, default=3, help="alignment seeds for lambda = 0 vs TGA (ablations: first seed)")
+  p.add_argument("--seeds", type=int, default=3, help="alignment seeds for lambda = 0 vs TGA")
   p.add_argument("--scale", choices=sorted(SCALES), default="full", help="full: the README's run; quick: a smoke run")
-  p.add_argument("--ablations", default=",".join(ABLATIONS),
-                 help="comma-separated ablation variants run on the first seed (default: %(default)s)")
-  p.add_argument("--no-ablations", action="store_true", help="no ablations: only plain, TGA and the LoRA pair")
-  p.add_argument("--no-lora", action="store_true", help="no LoRA pair (stage 2 trains the projector only)")
+  p.add_argument("--ablations", default="",
+                 help="comma-separated variants of the config's VARIANTS to run besides plain and TGA: a name runs "
+                      "on the first seed, name:k on the first k seeds (e.g. guide_only:3); 'all': "
+                      f"{','.join(ABLATIONS)}. Default: none, the run the time budget is set for")
+  p.add_argument("--lora", action="store_true",
+                 help="also the LoRA pair on the first seed (stage 2 trains the LLM through LoRA too)")
   p.add_argument("--vision", default="", help="use this pretrained tower folder instead of building vision/")
   p.add_argument("--llm", default="", help="use this LLM folder (with benign_answers.jsonl) instead of safe_llm/")
   p.add_argument("--stage1-steps", type=int, default=0,
@@ -818,8 +841,13 @@ def main(argv=None) -> dict:
                        ("naming_every", args.naming_every), ("stage2_toxic_naming", args.toxic_naming)):
     if value > 0 or (field == "stage2_toxic_naming" and value == 0):
       scale = dataclasses.replace(scale, **{field: value})
-  return reproduce(args.workdir, list(range(args.seeds)), scale, args.vision, args.llm,
-                   () if args.no_ablations else tuple(a for a in args.ablations.split(",") if a), not args.no_lora)
+  from trainkit.config_files import load_config_module
+  ablations = ABLATIONS if args.ablations == "all" else tuple(a for a in args.ablations.split(",") if a)
+  known = load_config_module(scale.config).VARIANTS
+  unknown = [a for a in ablations if a.partition(":")[0] not in known or not re.fullmatch(r"\d*", a.partition(":")[2])]
+  if unknown:
+    parser().error(f"--ablations: {unknown} are not variants of {scale.config}; choose from {sorted(known)} or 'all'")
+  return reproduce(args.workdir, list(range(args.seeds)), scale, args.vision, args.llm, ablations, args.lora)
 
 
 if __name__ == "__main__":
