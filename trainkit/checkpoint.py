@@ -28,10 +28,16 @@ from trainkit.state import abstract_with_shardings
 
 
 class _DropOrbaxInfo(logging.Filter):
-  """Orbax logs several INFO lines per save; keep its warnings, drop the chatter."""
+  """Orbax logs several INFO lines per save; keep its warnings, drop the chatter (and its warning that a
+  type handler is replaced: whole_arrays_from_one_replica_on_cpu replaces the jax.Array one on purpose)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+    if "orbax" not in record.pathname:
+      return True
+    message = record.getMessage()
+    if message.startswith("Type handler registry") and "overriding" in message:
+      return False
+    return record.levelno >= logging.WARNING
 
 
 def quiet_orbax_logs() -> None:
