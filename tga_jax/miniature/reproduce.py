@@ -61,8 +61,10 @@ class Scale:
   stage2_per_concept: int = 16   # instruction renders per benign concept
   eval_toxic: int = 8            # held-out renders per toxic concept (DSR)
   eval_benign: int = 2           # held-out renders per benign concept (false refusals, concept accuracy)
-  stage1_steps: int = 360        # one stage 1, shared by the seeds (its gate: 40% at 120, 87% at 240, 85% at 360)
-  stage1_gates: tuple = (120, 240)  # stage-1 concept accuracy also measured at these steps (the curve)
+  # One stage 1, shared by the seeds. Its gate on bare images was 40% at 120 steps, 87% at 240 and 85% at 360
+  # (docs/miniature/stage1_curve.json of the 360-step run): 240 reaches it in two thirds of the time.
+  stage1_steps: int = 240
+  stage1_gates: tuple = ()       # stage-1 concept accuracy also measured at these steps (a curve; --stage1-gates)
   # Stage 2 (issue 16's levers): at 40 steps with every 4th instruction a naming question, plain named 66.7%
   # of held-out benign renders; at 80 steps with every 2nd, 71.7% (seed 0).
   stage2_steps: int = 80
@@ -823,6 +825,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--llm", default="", help="use this LLM folder (with benign_answers.jsonl) instead of safe_llm/")
   p.add_argument("--stage1-steps", type=int, default=0,
                  help="stage-1 steps (default: the scale's); its gates below this are measured on the way")
+  p.add_argument("--stage1-gates", default=None,
+                 help="comma-separated stage-1 steps where its gate is also measured, for the curve (default: the "
+                      "scale's; e.g. 120,240 with --stage1-steps 360)")
   p.add_argument("--stage2-steps", type=int, default=0, help="stage-2 steps per run (default: the scale's)")
   p.add_argument("--naming-every", type=int, default=0,
                  help="every n-th stage-2 instruction is a naming question (default: the scale's)")
@@ -836,11 +841,17 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
   args = parser().parse_args(argv)
   logging.set_verbosity(logging.INFO)
+  # Compiled programs persist in <workdir>/jax_cache: every seed's stage 2 and every evaluated model compile
+  # the same programs (only the weights differ), and a rerun after an interruption compiles nothing again.
+  import jax
+  jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(args.workdir), "jax_cache"))
   scale = dataclasses.replace(SCALES[args.scale], config=args.config)
   for field, value in (("stage1_steps", args.stage1_steps), ("stage2_steps", args.stage2_steps),
                        ("naming_every", args.naming_every), ("stage2_toxic_naming", args.toxic_naming)):
     if value > 0 or (field == "stage2_toxic_naming" and value == 0):
       scale = dataclasses.replace(scale, **{field: value})
+  if args.stage1_gates is not None:
+    scale = dataclasses.replace(scale, stage1_gates=tuple(int(x) for x in args.stage1_gates.split(",") if x))
   from trainkit.config_files import load_config_module
   ablations = ABLATIONS if args.ablations == "all" else tuple(a for a in args.ablations.split(",") if a)
   known = load_config_module(scale.config).VARIANTS
