@@ -1,12 +1,15 @@
-"""comploss_jax.train's step on abstract arguments, for ahead-of-time plans (`python -m trainkit.plan`,
-which finds `plan_step` here for the configs whose trainer is comploss_jax.train):
+"""The comparative-loss trainers' steps on abstract arguments, for ahead-of-time plans (`python -m
+trainkit.plan` finds `plan_step` here for configs whose trainer is comploss_jax.train or .train_qa):
 
     python -m trainkit.plan --config=configs/comploss/glue.py:task=rte --target=v5e:2x2
     python -m trainkit.plan --config=configs/comploss/tiny.py --target=cpu:8 --nosearch
+    python -m trainkit.plan --config=configs/comploss/squad.py --target=v4:2x2x1
+    python -m trainkit.plan --config=configs/comploss/hotpot.py:c_drop=1,c_crop=1 --target=cpu:8
 
 The encoder's shapes come from its config.json alone (no safetensors read); the step is built from the
-trainer's own pieces: settings_from, the classifier head and its losses, make_loss_fn, make_optimizer and
-make_train_step, as `comploss_jax.train.fit` assembles them.
+trainer's own pieces: settings_from, the task's head and per-example loss (classification, or span
+extraction as train_qa's), make_loss_fn, make_optimizer and make_train_step, as `comploss_jax.train.fit`
+assembles them.
 """
 from __future__ import annotations
 
@@ -22,10 +25,11 @@ import numpy as np
 import trainkit
 from comploss_jax.encoder import EncoderConfig
 from comploss_jax.encoder_params import resolve_model_dir
-from comploss_jax.heads import SequenceClassifier, classification_losses
+from comploss_jax.heads import SequenceClassifier, SpanExtractor, classification_losses
 from comploss_jax.submodels import make_loss_fn
 from comploss_jax.tasks import get_task
 from comploss_jax.train import settings_from
+from comploss_jax.train_qa import span_per_example
 
 # Without data, a config's total_steps = -1 (epochs x steps per epoch) has no value yet; the schedule it
 # shapes changes neither the memory nor the FLOPs of a step.
@@ -56,19 +60,27 @@ def encoder_config(config) -> EncoderConfig:
 def plan_step(config, mesh, global_batch: int) -> trainkit.PlannedStep:
   """comploss_jax.train's step for `mesh` with a batch of `global_batch` examples (each with its
   1 + n_crop views when config.cmp.n_crop > 0) at data.max_length tokens."""
-  if config.trainer != "comploss_jax.train":
-    raise NotImplementedError(f"no ahead-of-time plan for trainer {config.trainer!r} yet (only comploss_jax.train)")
-  task = get_task(config.task)
-  model = SequenceClassifier(encoder_config(config), task.num_labels)
   settings = settings_from(config.cmp)
   length = int(config.data.max_length)
-  label = jax.ShapeDtypeStruct((), np.float32 if task.num_labels == 1 else np.int32)
   keys = ("input_ids", "attention_mask", "token_type_ids")
   n_crop = config.cmp.get("n_crop", 0)
-  if n_crop:
-    example = {"labels": label, "views": {k: jax.ShapeDtypeStruct((1 + n_crop, length), np.int32) for k in keys}}
+  inputs = lambda *lead: {k: jax.ShapeDtypeStruct((*lead, length), np.int32) for k in keys}  # noqa: E731
+  if config.trainer == "comploss_jax.train":
+    task = get_task(config.task)
+    model = SequenceClassifier(encoder_config(config), task.num_labels)
+    per_example, what = classification_per_example(model), f"task {task.name}"
+    label = {"labels": jax.ShapeDtypeStruct((), np.float32 if task.num_labels == 1 else np.int32)}
+    example = {**label, "views": inputs(1 + n_crop)} if n_crop else {**label, **inputs()}
+  elif config.trainer == "comploss_jax.train_qa":
+    model = SpanExtractor(encoder_config(config))
+    hotpot = config.task == "hotpot"
+    per_example, what = span_per_example(model, with_validity=hotpot), f"span extraction ({config.task})"
+    span = lambda *lead: {k: jax.ShapeDtypeStruct(lead, np.int32) for k in ("start", "end")}  # noqa: E731
+    # HotpotQA's pipeline always yields views (pass-dependent paragraph order); SQuAD's windows are flat.
+    example = {"views": {**inputs(1 + n_crop), **span(1 + n_crop)}} if hotpot else {**inputs(), **span()}
   else:
-    example = {"labels": label, **{k: jax.ShapeDtypeStruct((length,), np.int32) for k in keys}}
+    raise ValueError(f"trainer {config.trainer!r} is not a comparative-loss trainer: comploss_jax.plan plans "
+                     f"comploss_jax.train and comploss_jax.train_qa")
 
   def init(rng):
     ids = jnp.zeros((1, length), jnp.int32)
@@ -79,13 +91,13 @@ def plan_step(config, mesh, global_batch: int) -> trainkit.PlannedStep:
   tx, schedule, trainable = trainkit.make_optimizer(config.optimizer, total_steps, abstract)
   state, shardings = trainkit.abstract_train_state(init, tx, mesh, config.rules)
   sharding = trainkit.batch_sharding(mesh, config.rules)
-  step = trainkit.make_train_step(make_loss_fn(classification_per_example(model), settings), tx, shardings, sharding,
+  step = trainkit.make_train_step(make_loss_fn(per_example, settings), tx, shardings, sharding,
                                   mesh=mesh, rules=config.rules, schedule=schedule, trainable=trainable,
                                   grad_accum_steps=config.optimizer.grad_accum_steps)
   batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct((global_batch,) + s.shape, s.dtype, sharding=sharding), example)
   cfg = model.config
   count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))  # noqa: E731
-  info = {"model": f"{cfg.model_type} encoder {cfg.num_hidden_layers}x{cfg.hidden_size}, task {task.name}, "
+  info = {"model": f"{cfg.model_type} encoder {cfg.num_hidden_layers}x{cfg.hidden_size}, {what}, "
                    f"{settings.num_submodels} submodels (n_drop={settings.n_drop}, n_crop={settings.n_crop})",
           "params": count(state.params), "trainable_params": count(
               [x for x, t in zip(jax.tree.leaves(state.params), jax.tree.leaves(trainable)) if t]),

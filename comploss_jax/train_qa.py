@@ -48,6 +48,19 @@ def load_qa_splits(config) -> dict:
   return datasets.prepared(builder)
 
 
+def span_per_example(model: SpanExtractor, with_validity: bool):
+  """(params, inputs, rng, dropout power) -> per-example start/end losses float[B, 2] (dropout on, nested
+  to `power`), and with `with_validity` (HotpotQA: a cropped view may lack its answer) also bool[B], whether
+  the answer is in the input, for the chain to leave the others out of the ranking."""
+  def per_example(params, inputs, rng, power):
+    (start, end), _ = model.apply({"params": params}, inputs["input_ids"], inputs["attention_mask"],
+                                  inputs["token_type_ids"], deterministic=False, dropout_power=power,
+                                  rngs={"dropout": rng})
+    losses = span_losses(start, end, inputs["start"], inputs["end"])
+    return (losses, span_targets_valid(inputs["start"], inputs["end"])) if with_validity else losses
+  return per_example
+
+
 def train(config, workdir: str) -> dict:
   from transformers import AutoTokenizer
   tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(config.model))
@@ -77,15 +90,7 @@ def train(config, workdir: str) -> dict:
     dev["golds"] = {_text(r["id"]): _text(r["answer"]) for r in dev_records}
     dev["ids"] = [_text(r["id"]) for r in dev_records]
 
-  def per_example(params, inputs, rng, power):
-    (start, end), _ = model.apply({"params": params}, inputs["input_ids"], inputs["attention_mask"],
-                                  inputs["token_type_ids"], deterministic=False, dropout_power=power,
-                                  rngs={"dropout": rng})
-    losses = span_losses(start, end, inputs["start"], inputs["end"])
-    if config.task == "hotpot":  # a view may lack its answer: the chain leaves it out of the ranking
-      return losses, span_targets_valid(inputs["start"], inputs["end"])
-    return losses
-
+  per_example = span_per_example(model, with_validity=config.task == "hotpot")
   predict = jax.jit(lambda p, x: model.apply({"params": p}, x["input_ids"], x["attention_mask"],
                                              x["token_type_ids"])[0])
 

@@ -167,3 +167,27 @@ def test_comploss_trainer_is_planned_through_its_package_planner():
   # layers, plus attention's own matmuls.
   expected = 2 * 3 * 2 * 16 * 32 * 6 * (4 * 384 * 384 + 2 * 384 * 1536)
   assert expected < planner.matmul_flops(traced.jaxpr) < 1.3 * expected
+
+
+@pytest.mark.parametrize("arg,task", [("configs/comploss/squad.py", "squad"),
+                                      ("configs/comploss/hotpot.py:c_drop=1,c_crop=1", "hotpot")])
+def test_extractive_qa_trainer_is_planned_with_its_span_losses(arg, task):
+  from trainkit.config_files import load_config
+
+  config = load_config(arg)
+  mesh = planner.target_mesh(config.mesh, planner.make_target("cpu:8"))
+  planned = planner.find_planner(config)(config, mesh, 8)
+  length = config.data.max_length
+  views = 1 + config.cmp.n_crop
+  if task == "hotpot":  # views as HotpotTrainViews.iterator yields them: [B, V, L] inputs, [B, V] spans
+    assert planned.batch["views"]["input_ids"].shape == (8, views, length)
+    assert planned.batch["views"]["start"].shape == (8, views)
+  else:
+    assert planned.batch["input_ids"].shape == (8, length) and planned.batch["end"].shape == (8,)
+  assert planned.info["submodels"] == 1 + config.cmp.n_drop + config.cmp.n_crop
+  assert f"span extraction ({task})" in planned.info["model"]
+  traced = planned.step.trace(planned.state, planned.batch)
+  # Each submodel reads its own view of L tokens: 2 x 3 (forward, two backward matmuls) FLOPs per weight and
+  # token over MiniLM's six layers, plus attention's own matmuls and the span head.
+  per_pass = 2 * 3 * 8 * length * 6 * (4 * 384 * 384 + 2 * 384 * 1536)
+  assert per_pass * planned.info["submodels"] < planner.matmul_flops(traced.jaxpr) < 1.4 * per_pass * planned.info["submodels"]
