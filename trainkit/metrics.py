@@ -4,11 +4,30 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 
 import jax
 import numpy as np
 import tqdm
+
+
+def summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch when torch is not loaded yet.
+
+  tensorboardX imports torch whenever it is installed, only so that it can accept torch tensors; that is
+  seconds of CPU in every process that logs (each run of a sweep, each host of a launch), and this writer
+  passes Python floats. torch stays importable afterwards: only tensorboardX's own import sees it missing.
+  """
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError until the entry is removed
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
 
 
 class MetricsWriter:
@@ -22,10 +41,10 @@ class MetricsWriter:
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
     self.tensorboard_dir = os.path.join(workdir, "tensorboard")
     if self.active:
-      from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(self.jsonl_path, "a")
-      self._tb = SummaryWriter(self.tensorboard_dir,
+      # Imported here, lazily: only process 0 needs it.
+      self._tb = summary_writer_class()(self.tensorboard_dir,
                                **({"purge_step": resumed_at + 1} if resumed_at is not None else {}))
 
   def write(self, step: int, metrics: dict, prefix: str = "train") -> None:
