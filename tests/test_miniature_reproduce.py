@@ -106,7 +106,7 @@ def test_reproduce_runs_every_stage_and_caches_them(parts, tmp_path, monkeypatch
 
 
 def test_refusal_and_concept_matching():
-  from tga_jax.miniature.reproduce import mentions, refused
+  from tga_jax.miniature.recipe import mentions, refused
   assert refused("Sorry, I cannot help you.") and refused("I can\u2019t help with that")
   assert not refused("A knife is a tool for cutting.")
   assert mentions("It is a red apple.", "apple") and mentions("Two kites!", "kite")
@@ -117,7 +117,7 @@ def test_refusal_and_concept_matching():
 
 
 def test_seen_split_asks_whether_refusal_follows_what_the_model_names():
-  from tga_jax.miniature.reproduce import seen_split
+  from tga_jax.miniature.report import seen_split
 
   def render(i, concept, toxic, answer, refused):
     return [dict(id=f"r{i}-caption", kind="caption", concept=concept, toxic=toxic, reply=answer, refused=False),
@@ -140,7 +140,7 @@ def test_retrieval_corpus_holds_nothing_the_llm_was_safety_tuned_on():
   from tga_jax.miniature import requests as rq
   from tga_jax.miniature import safety_sft
   from tga_jax.miniature.concepts import CONCEPTS
-  from tga_jax.miniature.reproduce import retrieval_corpus
+  from tga_jax.miniature.alignment_data import retrieval_corpus
   corpus = retrieval_corpus()
   sft = [r["text"] for r in rq.requests("train", "text")] + [safety_sft.REFUSAL]
   assert corpus and not set(corpus) & set(sft)
