@@ -5,7 +5,8 @@ so the session makes it cheaper without changing what any test checks:
 - one persistent compilation cache for the session (JAX_COMPILATION_CACHE_DIR, inherited by the xdist
   workers and by every subprocess a test starts), caching every program however quick its compile: many
   tests build the same tiny models, and a subprocess (launcher, preemption, notebook) recompiles what its
-  parent or a sibling already compiled;
+  parent or a sibling already compiled; likewise one TGA_JAX_CACHE, where the SmolLM2 tokenizer rebuilt
+  from its GGUF file (~13 CPU-s) is saved once for every later process;
 - XLA_FLAGS: LLVM at -O1 without its expensive passes. XLA's HLO passes (fusion, sharding, layouts) are
   unchanged; only the machine code is less tuned. Compiles take about a third of the time, and programs
   run about as fast as at the default -O2 (-O0, JAX_DISABLE_MOST_OPTIMIZATIONS, compiles as fast but
@@ -31,6 +32,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The project's own cache (tokenizers rebuilt from GGUF files): one for the session, shared like the one above.
+if "TGA_JAX_CACHE" not in os.environ:
+  os.environ["TGA_JAX_CACHE"] = tempfile.mkdtemp(prefix="tga-jax-test-cache-")
+  atexit.register(shutil.rmtree, os.environ["TGA_JAX_CACHE"], ignore_errors=True)
 _flags = os.environ.get("XLA_FLAGS", "").split()
 _set = {flag.split("=")[0] for flag in _flags}
 os.environ["XLA_FLAGS"] = " ".join(_flags + [flag for flag in ("--xla_backend_optimization_level=1",

@@ -60,9 +60,15 @@ def test_gguf_tokenizer_without_torch_equals_transformers_gguf_reader():
   """Our tokenizer is rebuilt from the GGUF metadata with gguf + tokenizers (the run-time install has no
   torch); transformers' GGUF reader (which needs torch) is the reference: the same ids, decoded texts,
   special tokens and chat template."""
+  from tga_jax.data.tokenizer import gguf_tokenizer
   path = resolve_model_path(NAME)
-  ours = tga_jax.load_tokenizer(NAME)
   reference = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+  # Rebuilt from the file now, and as load_tokenizer gives it (the rebuilt one, saved to and read from the cache).
+  for ours in (gguf_tokenizer(path), tga_jax.load_tokenizer(NAME)):
+    check_against_reference(ours, reference)
+
+
+def check_against_reference(ours, reference):
   for text in TOKENIZER_TEXTS:
     ids = ours(text)["input_ids"]
     assert ids == reference(text)["input_ids"], text
