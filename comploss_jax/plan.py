@@ -58,8 +58,9 @@ def encoder_config(config) -> EncoderConfig:
 
 
 def plan_step(config, mesh, global_batch: int) -> trainkit.PlannedStep:
-  """comploss_jax.train's step for `mesh` with a batch of `global_batch` examples (each with its
-  1 + n_crop views when config.cmp.n_crop > 0) at data.max_length tokens."""
+  """The step of `config.trainer` (comploss_jax.train or .train_qa) for `mesh` with a batch of `global_batch`
+  examples (each with its 1 + n_crop views when config.cmp.n_crop > 0, or always for HotpotQA) at
+  data.max_length tokens."""
   settings = settings_from(config.cmp)
   length = int(config.data.max_length)
   keys = ("input_ids", "attention_mask", "token_type_ids")

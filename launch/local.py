@@ -31,6 +31,12 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def without_device_count(xla_flags: str) -> str:
+  """XLA_FLAGS less any simulated host device count, which would override JAX_NUM_CPU_DEVICES; the other
+  flags (e.g. compile settings) are kept."""
+  return " ".join(f for f in xla_flags.split() if "xla_force_host_platform_device_count" not in f)
+
+
 def process_envs(processes: int, cpu_devices: int, port: int, base: dict | None = None) -> list[dict]:
   """One environment per process: the coordinator variables and, for CPU runs, the device count."""
   envs = []
@@ -40,9 +46,7 @@ def process_envs(processes: int, cpu_devices: int, port: int, base: dict | None 
     if cpu_devices:
       env["JAX_PLATFORMS"] = "cpu"
       env["JAX_NUM_CPU_DEVICES"] = str(cpu_devices)
-      # An inherited XLA_FLAGS device count would override the variable above.
-      flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-      env["XLA_FLAGS"] = " ".join(flags)
+      env["XLA_FLAGS"] = without_device_count(env.get("XLA_FLAGS", ""))
     if processes > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(processes),
                  JAX_PROCESS_ID=str(index))

@@ -25,11 +25,6 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-if __name__ == "__main__":
-  # As on the run-time install, which has no torch: tensorboardX (the metrics writer) imports torch when it
-  # can, seconds of CPU in each of the dozen runs the tests start, for nothing a run uses. Only when run as
-  # a script: test_preemption.py imports this module, and its process goes on to tests that need torch.
-  sys.modules["torch"] = None
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from launch.local import without_device_count
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "quickstart.ipynb")
 
@@ -33,7 +35,7 @@ def test_quickstart_notebook_runs_headless(tmp_path):
   script.write_text(notebook_script(NOTEBOOK))
   # Like a Colab CPU runtime: one device (not the suite's 8 simulated ones), offline. XLA_FLAGS keeps the
   # session's compile settings (tests/conftest.py) less any device count.
-  flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f)
+  flags = without_device_count(os.environ.get("XLA_FLAGS", ""))
   env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1", XLA_FLAGS=flags,
              MPLBACKEND="Agg", QUICKSTART_WORKDIR=str(tmp_path / "runs"), PYTHONPATH=ROOT)
   result = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True,

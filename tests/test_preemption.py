@@ -17,11 +17,12 @@ RUN = os.path.join(HERE, "preemptible_run.py")
 sys.path.insert(0, HERE)
 from preemptible_run import CHECKPOINT_EVERY, TOTAL_STEPS  # noqa: E402
 
+from launch.local import without_device_count  # noqa: E402
+
 
 def run(workdir, signal_name=None, at=0):
-  # The session's XLA_FLAGS (tests/conftest.py's compile settings) less any device count, which would
-  # override JAX_NUM_CPU_DEVICES.
-  flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f)
+  # The session's XLA_FLAGS (tests/conftest.py's compile settings) less any device count.
+  flags = without_device_count(os.environ.get("XLA_FLAGS", ""))
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="8", XLA_FLAGS=flags)
   args = [sys.executable, RUN, str(workdir)] + ([f"--signal={signal_name}", f"--at={at}"] if signal_name else [])
   return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
