@@ -6,7 +6,7 @@ so the session makes it cheaper without changing what any test checks:
   workers and by every subprocess a test starts), caching every program however quick its compile: many
   tests build the same tiny models, and a subprocess (launcher, preemption, notebook) recompiles what its
   parent or a sibling already compiled; likewise one TGA_JAX_CACHE, where the SmolLM2 tokenizer rebuilt
-  from its GGUF file (~13 CPU-s) is saved once for every later process;
+  from its GGUF file (~4 CPU-s) is saved once for every later process;
 - XLA_FLAGS: LLVM at -O1 without its expensive passes. XLA's HLO passes (fusion, sharding, layouts) are
   unchanged; only the machine code is less tuned. Compiles take about a third of the time, and programs
   run about as fast as at the default -O2 (-O0, JAX_DISABLE_MOST_OPTIMIZATIONS, compiles as fast but

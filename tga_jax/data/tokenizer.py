@@ -2,10 +2,10 @@
 
 A GGUF file carries its vocabulary, merges, special tokens and chat template in its metadata. We rebuild
 the tokenizer from them with the `gguf` and `tokenizers` packages, so the run-time install needs no
-torch (transformers' own GGUF reader imports torch). Rebuilding takes seconds (SmolLM2: ~13 CPU-s, half
+torch (transformers' own GGUF reader imports torch). Rebuilding takes seconds (SmolLM2: ~4 CPU-s, most
 of it reading 49,152 tokens and 48,900 merges entry by entry), so the result is kept as an HF folder in
 a cache, $TGA_JAX_CACHE/gguf_tokenizers/ (default ~/.cache/tga_jax), keyed by the file's path, size and
-modification time; every later process loads that folder in well under a second.
+modification time; every later process loads that folder in ~0.3 CPU-s (bench/tokenizer_cache.py).
 """
 from __future__ import annotations
 
@@ -24,10 +24,9 @@ _GGUF_NORMAL, _GGUF_CONTROL, _GGUF_USER_DEFINED = 1, 3, 4
 
 def load_tokenizer(path: str):
   """An HF fast tokenizer for `path` (an HF folder, a `.gguf` file, or a name in KNOWN_MODELS)."""
-  from transformers import AutoTokenizer
-
   path = resolve_model_path(path)
   if os.path.isdir(path):
+    from transformers import AutoTokenizer  # its import alone is ~2 CPU-s: only folders need it
     return AutoTokenizer.from_pretrained(path)
   return cached_gguf_tokenizer(path)
 
