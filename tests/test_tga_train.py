@@ -175,3 +175,30 @@ def test_retrieved_dropout_trains_the_same_share_of_records_without_retrieved_te
   assert not parse(record(dropped, retrieved=""))["retrieved_mask"].any()
   with pytest.raises(llava_data.BadRecord, match="missing retrieved_caption"):
     parse(record(min(kept), retrieved=""))
+
+
+def test_questions_matching_no_retrieved_pattern_train_without_retrieved_text():
+  from tga_jax.data import llava as llava_data
+  from tga_jax.data.tokenizer import load_tokenizer
+
+  config = tiny.get_config("stage=2")
+  module = tga_train.model_architecture(config.model)
+  tokenizer = load_tokenizer(config.model.tokenizer)
+
+  def record(question):
+    return {"id": "r0", "problem": "", "images": [np.zeros((32, 32, 3), np.uint8)], "image_caption": "a red cube",
+            "retrieved_caption": "a cube", "conversations": json.dumps(
+                [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": "A cube."}])}
+
+  def parse(pattern):
+    spec = llava_data.ExampleSpec(template=config.data.template, stage=2, max_length=config.data.max_length,
+                                  caption_max_length=config.data.caption_max_length, use_retrieved=True,
+                                  no_retrieved_pattern=pattern, caption_template=config.data.caption_template)
+    return llava_data.make_parse(tokenizer, module.config, spec)
+
+  naming = parse(r"^<image>\nWhat object is shown here\?$")
+  assert not naming(record("What object is shown here?"))["retrieved_mask"].any()
+  assert naming(record("How do I clean it?"))["retrieved_mask"].any()
+  assert parse("")(record("What object is shown here?"))["retrieved_mask"].any()
+  with pytest.raises(ValueError, match=r"no_retrieved_pattern='\(' is not a regular expression"):
+    parse("(")

@@ -222,6 +222,7 @@ def train(config, workdir: str) -> dict:
                                 caption_max_length=config.data.caption_max_length, max_images=1,
                                 use_retrieved=config.stage == 2 and config.data.use_retrieved,
                                 retrieved_dropout=config.data.retrieved_dropout,
+                                no_retrieved_pattern=config.data.get("no_retrieved_pattern", ""),
                                 caption_template=config.data.caption_template)
 
   def prepare():

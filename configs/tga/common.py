@@ -33,7 +33,7 @@ def base_config(*, stage, seed, weight, layers, template, lr, batch_size, total_
   data.setdefault("caption_buckets", ())
   config.data = dict(json="", image_dir="", tfds_dir="", heldout_fraction=0.1, template=template,
                      caption_template=template if template != "plain" else "vicuna_v1", use_retrieved=True,
-                     retrieved_dropout=0.0, **data)
+                     retrieved_dropout=0.0, no_retrieved_pattern="", **data)
   config.tga = dict(weight=weight if stage == 2 else 0.0, schedule="constant", form="paper", layers=tuple(layers),
                     lm_weight=1.0)
   config.init_from = ""

@@ -19,8 +19,10 @@ trains the LLM); their text DSR through the LVLM says what that costs the text s
 On an accelerator raise steps/batch and the data sizes in tga_jax.miniature.reproduce (--scale).
 """
 import os
+import re
 
 from configs.tga.common import base_config, parse
+from tga_jax.miniature.recipe import NAMING_QUESTIONS
 
 
 STAGE2_LR = 3e-3  # the projector's stage-2 rate (see get_config)
@@ -87,6 +89,11 @@ VARIANTS = {
     # A lever on image-alone naming under TGA: half the stage-2 records train without their retrieved text
     # (the same half every epoch), so the model cannot always read the object's name from the prompt.
     "tga_rtdrop": {"tga.weight": 1.0, "data.use_retrieved": True, "data.retrieved_dropout": 0.5},
+    # The other lever: every short naming question ("What object is shown here?" -> "It is a kite.") trains
+    # without its retrieved text, every other instruction with it. With the caption in the prompt the
+    # name is a copy; without it, only the image tells it (as when the model is asked without retrieval).
+    "tga_naming_bare": {"tga.weight": 1.0, "data.use_retrieved": True,
+                        "data.no_retrieved_pattern": "|".join(re.escape(q) for q in NAMING_QUESTIONS)},
     # The stage-2 learning rate as a lever on naming: the projector at 3e-4 and 1e-3 instead of 3e-3.
     "plain_lr3e-4": {"tga.weight": 0.0, "data.use_retrieved": False, "optimizer.learning_rate": 3e-4},
     "tga_lr3e-4": {"tga.weight": 1.0, "data.use_retrieved": True, "optimizer.learning_rate": 3e-4},

@@ -173,6 +173,9 @@ class ExampleSpec:
   retrieved_dropout: the fraction of image records trained without their retrieved text (picked by a hash
   of the record id, so the same records every epoch and on every host): the model must then read the
   image itself, and the guidance keeps only its image term for them.
+  no_retrieved_pattern: a regular expression; image records whose first user turn matches it (re.search)
+  train without their retrieved text, e.g. short naming questions, whose answer a retrieved caption
+  would give away (the model then learns to name the object from the image, as it must without retrieval).
   caption_template: the text-only caption pass ("Describe this scene: {caption}") for C_j.
   """
   template: str = "plain"
@@ -182,6 +185,7 @@ class ExampleSpec:
   max_images: int = 1
   use_retrieved: bool = False
   retrieved_dropout: float = 0.0
+  no_retrieved_pattern: str = ""
   caption_template: str = "vicuna_v1"
   system: str | None = None
 
@@ -196,11 +200,22 @@ def _dropped(record_id: str, fraction: float) -> bool:
   return fraction > 0 and zlib.crc32(record_id.encode("utf-8")) / 2**32 < fraction
 
 
+def _first_user_turn(conversations) -> str:
+  first = conversations[0] if isinstance(conversations, list) and conversations else {}
+  value = first.get("value") if isinstance(first, dict) and first.get("from") == "human" else None
+  return value if isinstance(value, str) else ""
+
+
 def make_parse(tokenizer, config: LvlmConfig, spec: ExampleSpec):
   """record (from LlavaJson's source) -> dict of fixed-shape numpy arrays; raises BadRecord."""
   if spec.caption_template == "plain":
     raise ValueError("caption_template='plain' drops the user's words, so the caption pass would be empty; "
                      "use the stage-2 template (e.g. 'vicuna_v1')")
+
+  try:
+    no_retrieved = re.compile(spec.no_retrieved_pattern) if spec.no_retrieved_pattern else None
+  except re.error as e:
+    raise ValueError(f"data.no_retrieved_pattern={spec.no_retrieved_pattern!r} is not a regular expression: {e}") from e
 
   def parse(record) -> dict:
     rid = _text(record["id"])
@@ -209,7 +224,8 @@ def make_parse(tokenizer, config: LvlmConfig, spec: ExampleSpec):
       raise BadRecord(f"{problem.split(':')[0]}: record {rid}: {problem}")
     images = list(record["images"])
     raw = {"id": rid, "conversations": json.loads(_text(record["conversations"]))}
-    with_retrieved = spec.use_retrieved and images and not _dropped(rid, spec.retrieved_dropout)
+    with_retrieved = (spec.use_retrieved and images and not _dropped(rid, spec.retrieved_dropout)
+                      and not (no_retrieved and no_retrieved.search(_first_user_turn(raw["conversations"]))))
     retrieved = _text(record["retrieved_caption"]) if with_retrieved else None
     if with_retrieved and not retrieved:
       raise BadRecord(f"missing retrieved_caption: record {rid} has an image but no retrieved_caption; "
