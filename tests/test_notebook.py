@@ -1,4 +1,9 @@
-"""notebooks/quickstart.ipynb runs headless: its code cells (less the Colab install cell) as one script."""
+"""notebooks/quickstart.ipynb runs headless: its code cells (less the Colab install cell) as one script, in a
+process where `import torch` fails. The run-time install has no torch (it is a test extra), so the same
+process then takes the run-time paths the notebook does not: generation and the analysis and evaluation
+CLIs. With the notebook's own steps (SmolLM2's tokenizer and LLM from the packaged GGUF, a TGA stage,
+the analysis, a comparative-loss run on BBC News) every run-time path runs without torch, in one process
+(two would each pay the imports and the compiles)."""
 import json
 import os
 import subprocess
@@ -10,6 +15,24 @@ from launch.local import without_device_count
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "quickstart.ipynb")
+
+
+# Before the notebook: `import torch` raises ModuleNotFoundError from here on (transformers sees no torch).
+NO_TORCH = 'import sys\nsys.modules["torch"] = None\n\n'
+
+# After the notebook, with its names (llm, llm_params, tokenizer, tga_dir, WORKDIR).
+RUNTIME_PATHS = """
+from tga_jax.safety import evaluate
+runtime = {"generate": tga_jax.generate(llm, llm_params, tokenizer, ["What is 2 + 2?"], 4, chat=True)[0]}
+analyze.main([f"--model=tiny={tga_dir}", "--data=procedural:n=7,seed=777", f"--out={WORKDIR}/analysis_cli",
+              "--batch-size=8"])
+runtime["analysis_models"] = sorted(json.load(open(f"{WORKDIR}/analysis_cli/analysis.json"))["models"])
+evaluate.main([f"--model=tiny={tga_dir}", "--data=procedural:n=7,seed=5", f"--out={WORKDIR}/eval_cli",
+               "--max-new-tokens=2", "--batch-size=8", "--conditions=image"])
+runtime["eval_models"] = sorted(json.load(open(f"{WORKDIR}/eval_cli/eval.json"))["models"])
+runtime["torch_loaded"] = sys.modules.get("torch") is not None
+print("RUNTIME " + json.dumps(runtime))
+"""
 
 
 def notebook_script(path: str) -> str:
@@ -30,9 +53,9 @@ def test_only_the_install_cell_is_skipped():
 
 
 @pytest.mark.slow
-def test_quickstart_notebook_runs_headless(tmp_path):
+def test_quickstart_notebook_and_the_runtime_paths_run_headless_without_torch(tmp_path):
   script = tmp_path / "quickstart.py"
-  script.write_text(notebook_script(NOTEBOOK))
+  script.write_text(NO_TORCH + notebook_script(NOTEBOOK) + RUNTIME_PATHS)
   # Like a Colab CPU runtime: one device (not the suite's 8 simulated ones), offline. XLA_FLAGS keeps the
   # session's compile settings (tests/conftest.py) less any device count.
   flags = without_device_count(os.environ.get("XLA_FLAGS", ""))
@@ -47,3 +70,7 @@ def test_quickstart_notebook_runs_headless(tmp_path):
   plots = [line.split("plot: ", 1)[1] for line in out.splitlines() if line.startswith("plot: ")]
   assert {os.path.basename(p) for p in plots} >= {"cosine.png", "attention.png", "refusal_prob.png", "losses.png"}
   assert all(os.path.getsize(p) > 1000 for p in plots)
+  runtime = json.loads(next(line for line in out.splitlines() if line.startswith("RUNTIME "))[len("RUNTIME "):])
+  assert isinstance(runtime["generate"], str) and runtime["generate"].strip()
+  assert runtime["analysis_models"] == ["tiny"] and runtime["eval_models"] == ["tiny"]
+  assert runtime["torch_loaded"] is False
