@@ -39,7 +39,8 @@ if "TGA_JAX_CACHE" not in os.environ:
 _flags = os.environ.get("XLA_FLAGS", "").split()
 _set = {flag.split("=")[0] for flag in _flags}
 os.environ["XLA_FLAGS"] = " ".join(_flags + [flag for flag in ("--xla_backend_optimization_level=1",
-                                                              "--xla_llvm_disable_expensive_passes=true")
+                                                              "--xla_llvm_disable_expensive_passes=true",
+                                                              "--xla_cpu_use_fusion_emitters=false")
                                              if flag.split("=")[0] not in _set])
 # `make test` runs two pytest-xdist workers: each prepares the tfds datasets it needs (BBC News) in a
 # folder of its own, so two workers never build the same dataset into one folder at once.

@@ -202,3 +202,38 @@ def test_questions_matching_no_retrieved_pattern_train_without_retrieved_text():
   assert parse("")(record("What object is shown here?"))["retrieved_mask"].any()
   with pytest.raises(ValueError, match=r"no_retrieved_pattern='\(' is not a regular expression"):
     parse("(")
+
+
+def test_logits_at_the_target_positions_give_the_full_loss_and_its_gradients():
+  """data.target_buckets: the LM head runs on the target positions only (llava_data.target_positions ->
+  logits_at); the loss and every gradient equal those of the logits at every position."""
+  import flax.linen as nn
+  from tga_jax.data.llava import target_positions
+  from tga_jax.models.llama import LlamaConfig, LlamaForCausalLM
+  config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                       num_kv_heads=2, head_dim=8, remat_policy="none")
+  model = LlamaForCausalLM(config)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, 97, (3, 24)).astype(np.int32)
+  loss_mask = np.zeros((3, 24), bool)
+  loss_mask[0, 5:9], loss_mask[1, 20:24], loss_mask[2, [3, 11, 12]] = True, True, True  # 4, 4, 3 targets
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), ids)["params"])
+  batch = target_positions((2, 6, 12))({"input_ids": ids, "loss_mask": loss_mask})
+  assert batch["target_index"].shape == (3, 6)  # the smallest bucket holding 4 targets
+  assert batch["target_index"][2, :3].tolist() == [2, 10, 11] and batch["target_valid"].sum() == 11
+
+  def full(p):
+    return tga_train.lm_loss(model.apply({"params": p}, ids)[0], ids, loss_mask)
+
+  def at_targets(p):
+    logits = model.apply({"params": p}, ids, logits_at=batch["target_index"])[0]
+    assert logits.shape == (3, 6, 97)
+    return tga_train.lm_loss(logits, ids, loss_mask, batch["target_index"], batch["target_valid"])
+
+  (want, want_grads), (got, got_grads) = jax.value_and_grad(full)(params), jax.value_and_grad(at_targets)(params)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+  # More targets than the largest bucket: every position, the same loss.
+  many = target_positions((2,))({"input_ids": ids, "loss_mask": loss_mask})
+  assert many["target_index"].shape == (3, 23)

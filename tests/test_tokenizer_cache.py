@@ -32,3 +32,28 @@ def test_an_unwritable_cache_only_costs_the_rebuild(tmp_path, monkeypatch):
   monkeypatch.setenv("TGA_JAX_CACHE", str(blocked))
   tokenizer = tokenization.load_tokenizer("smollm2-135m-instruct")
   assert tokenizer("Hello world!")["input_ids"]
+
+
+def test_processes_starting_together_build_it_once(tmp_path, monkeypatch):
+  """Callers that miss the cache at the same time take turns on a lock: one builds, the rest read its folder.
+  (Threads stand in for processes: each opens the lock file itself, and flock excludes open files.)"""
+  import threading
+  import time
+  monkeypatch.setenv("TGA_JAX_CACHE", str(tmp_path / "cache"))
+  path = resolve_model_path("smollm2-135m-instruct")
+  real, builds = tokenization.gguf_tokenizer, []
+
+  def slow_build(p):
+    builds.append(p)
+    time.sleep(0.5)  # long enough for every other caller to reach the lock
+    return real(p)
+  monkeypatch.setattr(tokenization, "gguf_tokenizer", slow_build)
+  results = [None] * 3
+  threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, tokenization.load_tokenizer(path)))
+             for i in range(3)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert len(builds) == 1
+  assert all(r("Hello world!")["input_ids"] == results[0]("Hello world!")["input_ids"] for r in results)

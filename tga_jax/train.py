@@ -14,6 +14,7 @@ At the end the params are exported to `<workdir>/params` (stage 2's `init_from` 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import types
@@ -171,8 +172,17 @@ def prepare_data(config, workdir: str) -> str:
   return path
 
 
-def lm_loss(logits, input_ids, loss_mask):
-  """Mean next-token cross-entropy over the target tokens (loss_mask[t]: token t is predicted from t-1)."""
+def lm_loss(logits, input_ids, loss_mask, target_index=None, target_valid=None):
+  """Mean next-token cross-entropy over the target tokens (loss_mask[t]: token t is predicted from t-1).
+
+  logits: float[B, T, V]; or, with target_index int[B, K] (llava_data.target_positions), float[B, K, V] at
+  those positions only, target_valid bool[B, K] marking the real entries: the same loss.
+  """
+  if target_index is not None:
+    targets = jnp.take_along_axis(input_ids, target_index + 1, axis=1)
+    per_token = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                                jnp.where(target_valid, targets, 0))
+    return (per_token * target_valid).sum() / jnp.maximum(target_valid.sum(), 1)
   mask = loss_mask[:, 1:]
   targets = jnp.where(mask, input_ids[:, 1:], 0)
   per_token = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(jnp.float32), targets)
@@ -188,8 +198,9 @@ def make_loss_fn(module: LlavaLVLM, tga_cfg, total_steps: int, always_guide_metr
   def loss_fn(params, batch, rng, step):
     del rng  # the LVLM has no dropout
     logits, aux = module.apply({"params": params}, batch["input_ids"], batch["pixel_values"],
-                               batch["attention_mask"], output_hidden_states=guided)
-    lm = lm_loss(logits, batch["input_ids"], batch["loss_mask"])
+                               batch["attention_mask"], output_hidden_states=guided,
+                               logits_at=batch.get("target_index"))
+    lm = lm_loss(logits, batch["input_ids"], batch["loss_mask"], batch.get("target_index"), batch.get("target_valid"))
     metrics = {"lm_loss": lm}
     if not guided:
       return lm, metrics
@@ -204,6 +215,13 @@ def make_loss_fn(module: LlavaLVLM, tga_cfg, total_steps: int, always_guide_metr
     return tga_cfg.get("lm_weight", 1.0) * lm + weight * guide, metrics
 
   return loss_fn
+
+
+def _chain(transforms):
+  """The batch transforms applied in order (None when there are none)."""
+  if not transforms:
+    return None
+  return lambda batch: functools.reduce(lambda b, t: t(b), transforms, batch)
 
 
 def load_params(directory: str):
@@ -237,13 +255,15 @@ def train(config, workdir: str) -> dict:
   parse = llava_data.make_parse(tokenizer, lvlm_cfg, spec)
   skipped = trainkit.SkipCounter()
   buckets = tuple(config.data.get("buckets", ()))
-  if buckets and jax.process_count() > 1:
-    logging.warning("data.buckets ignored with %d processes: hosts would pick different shapes for one step",
-                    jax.process_count())
-    buckets = ()
-  trim = llava_data.bucket_trimmer(buckets, tuple(config.data.get("caption_buckets", ()))) if buckets else None
+  target_buckets = tuple(config.data.get("target_buckets", ()))
+  if (buckets or target_buckets) and jax.process_count() > 1:
+    logging.warning("data.buckets and data.target_buckets ignored with %d processes: hosts would pick "
+                    "different shapes for one step", jax.process_count())
+    buckets = target_buckets = ()
+  transforms = ([llava_data.bucket_trimmer(buckets, tuple(config.data.get("caption_buckets", ())))] if buckets else []) + (
+      [llava_data.target_positions(target_buckets)] if target_buckets else [])
   data = trainkit.make_train_iterator(sources["train"], global_batch_size=config.batch_size, seed=config.seed,
-                                      parse=parse, skip_counter=skipped, batch_transform=trim)
+                                      parse=parse, skip_counter=skipped, batch_transform=_chain(transforms))
   sample = jax.tree.map(lambda x: x[None], _first_good(sources["train"], parse))
 
   mesh = trainkit.make_mesh(config.mesh)

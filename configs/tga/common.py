@@ -31,6 +31,9 @@ def base_config(*, stage, seed, weight, layers, template, lr, batch_size, total_
   # (one compiled shape per bucket); () pads every batch to max_length.
   data.setdefault("buckets", ())
   data.setdefault("caption_buckets", ())
+  # target_buckets: the loss's logits at the target positions only, padded to the smallest of these counts
+  # that holds a batch's longest answer (one compiled shape each); () computes them at every position.
+  data.setdefault("target_buckets", ())
   config.data = dict(json="", image_dir="", tfds_dir="", heldout_fraction=0.1, template=template,
                      caption_template=template if template != "plain" else "vicuna_v1", use_retrieved=True,
                      retrieved_dropout=0.0, no_retrieved_pattern="", **data)

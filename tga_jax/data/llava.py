@@ -284,3 +284,23 @@ def bucket_trimmer(buckets: tuple[int, ...], caption_buckets: tuple[int, ...] = 
     return out
 
   return trim
+
+
+def target_positions(buckets: tuple[int, ...]):
+  """A batch transform for a loss over the target tokens only. Adds 'target_index' int32[B, K]: the
+  positions whose next token is a target (loss_mask[t + 1]), in order, then position 0 as padding; and
+  'target_valid' bool[B, K]: which entries are real. K is the smallest of `buckets` that holds the row with
+  the most targets (the sequence length when none does); each K is one compiled shape. With them the
+  language-model head and its softmax run on K positions per row instead of all T (`logits_at`).
+  Apply it after `bucket_trimmer`. Multi-host: hosts must agree on K, as on the length bucket.
+  """
+  def add(batch: dict) -> dict:
+    following = np.asarray(batch["loss_mask"][:, 1:], bool)  # position t predicts token t + 1
+    length = following.shape[1]
+    most = int(following.sum(axis=1).max())
+    k = min(next((b for b in sorted(buckets) if b >= most), length), length)
+    order = np.argsort(~following, axis=1, kind="stable")[:, :k]  # the targets first, in position order
+    valid = np.take_along_axis(following, order, axis=1)
+    return dict(batch, target_index=np.where(valid, order, 0).astype(np.int32), target_valid=valid)
+
+  return add

@@ -9,6 +9,7 @@ modification time; every later process loads that folder in ~0.3 CPU-s (bench/to
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -41,9 +42,10 @@ def cached_gguf_tokenizer(path: str):
   """`gguf_tokenizer(path)`, saved once as an HF folder under `cache_root()` and loaded from there after.
 
   The key is the file's absolute path, size and modification time, so a rewritten file is rebuilt. The
-  folder is written under a temporary name and renamed into place: processes that start together (the
-  hosts of a launch) each either find a complete folder or write their own. An unwritable cache only
-  costs the rebuild (logged once per call).
+  folder is written under a temporary name and renamed into place, so a reader never sees half of it.
+  Processes that start together (the hosts of a launch on one machine) take turns on a lock file: the
+  first builds, the others then find its folder instead of each rebuilding (seconds of CPU apiece). An
+  unwritable cache only costs the rebuild (logged once per call).
   """
   from transformers import PreTrainedTokenizerFast
 
@@ -52,6 +54,32 @@ def cached_gguf_tokenizer(path: str):
   folder = os.path.join(cache_root(), "gguf_tokenizers", f"{os.path.basename(path)}-{key}")
   if os.path.isfile(os.path.join(folder, "tokenizer.json")):
     return PreTrainedTokenizerFast.from_pretrained(folder)
+  with _build_lock(os.path.join(cache_root(), "locks", os.path.basename(folder) + ".lock")):
+    if os.path.isfile(os.path.join(folder, "tokenizer.json")):  # built by the process that held the lock
+      return PreTrainedTokenizerFast.from_pretrained(folder)
+    return _build_and_cache(path, folder)
+
+
+@contextlib.contextmanager
+def _build_lock(lock_path: str):
+  """An exclusive lock on `lock_path` while a tokenizer is built (none where the cache is unwritable or
+  the platform has no fcntl: then each process builds its own)."""
+  try:
+    import fcntl
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+    handle = open(lock_path, "a")
+  except (ImportError, OSError):
+    yield
+    return
+  with handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_and_cache(path: str, folder: str):
   tokenizer = gguf_tokenizer(path)
   try:
     os.makedirs(os.path.dirname(folder), exist_ok=True)

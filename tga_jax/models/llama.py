@@ -272,7 +272,7 @@ class LlamaForCausalLM(nn.Module):
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, position_ids=None, *, output_hidden_states: bool = False,
                output_last_attention: bool = False, cache=None, cache_index=None, last_only: bool = False,
-               embed_hook=None):
+               logits_at=None, embed_hook=None):
     """
     Args:
       input_ids: int[B, T].
@@ -290,11 +290,13 @@ class LlamaForCausalLM(nn.Module):
         slots [cache_index, cache_index + T) and aux['cache'] holds the updated cache.
       cache_index: int32[] (with `cache`).
       last_only: logits of the last position only: float32[B, V] (what a prefill needs).
+      logits_at: None, or int[B, K]: logits of these positions only, float32[B, K, V] (what a loss over a
+        few target tokens needs: the vocabulary projection and its softmax then run on K positions, not T).
       embed_hook: None, or a function float[B, T, D] -> float[B, T, D] applied to the token embeddings
         before the first layer (the LVLM scatters projected image features in here); hidden state 0 is
         its output.
     Returns:
-      (logits float[B, T, V] (or [B, V] with last_only), aux dict).
+      (logits float[B, T, V] (or [B, V] with last_only, [B, K, V] with logits_at), aux dict).
     """
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
@@ -364,8 +366,12 @@ class LlamaForCausalLM(nn.Module):
       aux["cache"] = {"k": jax.lax.dynamic_update_slice(cache["k"], new_rows[0], at),
                       "v": jax.lax.dynamic_update_slice(cache["v"], new_rows[1], at)}
 
+    if last_only and logits_at is not None:
+      raise ValueError("last_only and logits_at are exclusive: pass logits_at=last position instead")
     if last_only:
       final = final[jnp.arange(batch), last_index]
+    elif logits_at is not None:
+      final = jnp.take_along_axis(final, jnp.asarray(logits_at, jnp.int32)[..., None], axis=1)
     if cfg.tie_word_embeddings:
       logits = jnp.einsum("...d,vd->...v", final.astype(dtype), embedding.astype(dtype))
     else:

@@ -120,7 +120,7 @@ class LlavaLVLM(nn.Module):
   @nn.compact
   def __call__(self, input_ids, pixel_values=None, attention_mask=None, output_hidden_states: bool = False, *,
                image_counts=None, segment_masks=None, position_ids=None, output_last_attention: bool = False,
-               cache=None, cache_index=None, last_only: bool = False):
+               cache=None, cache_index=None, last_only: bool = False, logits_at=None):
     """
     Args:
       input_ids: int[B, T], each `<image>` expanded to `tokens_per_image` copies of `image_token_id`.
@@ -135,7 +135,7 @@ class LlavaLVLM(nn.Module):
       segment_masks: optional {name: bool[B, T]} (tga_jax.data.conversation's named spans, e.g. 'caption',
         'retrieved'); echoed in aux['segment_masks'] and, with output_hidden_states, averaged per layer in
         aux['segment_means'][name] float32[L+1, B, D] ('image' is always there too).
-      position_ids, output_last_attention, cache, cache_index, last_only: as LlamaForCausalLM.
+      position_ids, output_last_attention, cache, cache_index, last_only, logits_at: as LlamaForCausalLM.
     Returns:
       (logits, aux): aux['image_mask'] bool[B, T]; aux['image_features'] float[B, M * N, D] (projected, or
       None); the LLM's aux ('last_hidden_state', 'hidden_states', 'last_attention', 'cache').
@@ -187,7 +187,7 @@ class LlavaLVLM(nn.Module):
     logits, aux = LlamaForCausalLM(cfg.llm, name="llm")(
         safe_ids, attention_mask, position_ids, output_hidden_states=output_hidden_states,
         output_last_attention=output_last_attention, cache=cache, cache_index=cache_index, last_only=last_only,
-        embed_hook=scatter_images)
+        logits_at=logits_at, embed_hook=scatter_images)
     aux = dict(aux, image_mask=image_mask, image_features=features)
     if segment_masks is not None:
       aux["segment_masks"] = dict(segment_masks)
