@@ -1,6 +1,7 @@
 """Multi-host: 2 processes x 4 CPU devices (jax.distributed on localhost, gloo collectives) train the
-tiny TGA and comparative-loss configs to the same losses as 1 process x 8 devices, write one
-multi-host Orbax checkpoint with each host's data-iterator position, and log from process 0 only."""
+tiny TGA and comparative-loss configs to the same losses as 1 process x 8 devices (this test's own
+process: the same config and overrides, without another process start), write one multi-host Orbax
+checkpoint with each host's data-iterator position, and log from process 0 only."""
 import json
 import os
 import re
@@ -10,17 +11,32 @@ import pytest
 
 from launch import local
 
-TGA = ["tga_jax.train", "--config=configs/tga/tiny.py:stage=1,steps=4", "--config.data.procedural.n=40",
-       # Length buckets are per-host decisions, so the trainer turns them off with several processes;
-       # the 1-process run goes without them too, to compare identical shapes.
-       "--config.data.buckets=()", "--config.data.caption_buckets=()", "--config.eval_every=4",
-       "--config.eval_batches=1", "--config.log_every=1"]
+# (trainer module, config file and arg string, overrides): each run as a command line and in this process.
+# Length buckets are per-host decisions, so the trainer turns them off with several processes; the
+# 1-process run goes without them too, to compare identical shapes.
+TGA = ("tga_jax.train", "configs/tga/tiny.py:stage=1,steps=4",
+       {"data.procedural.n": 40, "data.buckets": (), "data.caption_buckets": (), "eval_every": 4,
+        "eval_batches": 1, "log_every": 1})
 # The tiny comparative-loss config on the test folder's 8 RTE pairs: 4 steps (an epoch each), and dev/test
 # evaluations of a few rows (BBC's 667 would double the test's time).
-COMPLOSS = ["comploss_jax.train", "--config=configs/comploss/tiny.py", "--config.task=rte",
-            f"--config.data.glue_dir={os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'glue')}",
-            "--config.data.train_size=0", "--config.epochs=4"]
-COMMON = ["--config.progress_bar=False", "--config.checkpoint.use_async=False"]
+COMPLOSS = ("comploss_jax.train", "configs/comploss/tiny.py",
+            {"task": "rte", "data.glue_dir": os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "glue"),
+             "data.train_size": 0, "epochs": 4})
+COMMON = {"progress_bar": False, "checkpoint.use_async": False}
+
+
+def command_line(trainer, overrides: dict) -> list[str]:
+  module, config, fields = trainer
+  return [module, f"--config={config}"] + [f"--config.{k}={v}" for k, v in {**fields, **COMMON, **overrides}.items()]
+
+
+def run_here(trainer, overrides: dict, workdir) -> None:
+  """The 1-process x 8-device run in this test process (tests/conftest.py gives it 8 CPU devices)."""
+  import importlib
+  from trainkit.config_files import apply_overrides, load_config
+  module, config, fields = trainer
+  importlib.import_module(module).train(apply_overrides(load_config(config), {**fields, **COMMON, **overrides}),
+                                        str(workdir))
 
 
 def metrics(workdir, split="train"):
@@ -34,17 +50,18 @@ def tail(path, lines=40):
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_on_tiny_tga_and_comparative_loss(tmp_path):
-  runs = {}
-  for name, trainer in (("tga", TGA), ("comploss", COMPLOSS)):
-    for processes, devices in ((2, 4), (1, 8)):
-      workdir = tmp_path / f"{name}_{processes}p"
-      extra = [f"--config.data.tfds_dir={workdir / 'tfds'}"] if name == "comploss" else []
-      args = trainer + COMMON + extra + [f"--workdir={workdir}"]
-      runs[(name, processes)] = local.launch(args, processes, devices, log_dir=str(workdir / "logs"))
-  # All four start together (the two cores overlap one run's compiling with another's Python).
+  runs, trainers = {}, (("tga", TGA), ("comploss", COMPLOSS))
+  extra = lambda name, workdir: {"data.tfds_dir": str(workdir / "tfds")} if name == "comploss" else {}  # noqa: E731
+  for name, trainer in trainers:
+    workdir = tmp_path / f"{name}_2p"
+    args = command_line(trainer, extra(name, workdir)) + [f"--workdir={workdir}"]
+    runs[(name, 2)] = local.launch(args, 2, 4, log_dir=str(workdir / "logs"))
+  # While the two 2-process runs go, the 1-process ones run here (the two cores overlap their work).
+  for name, trainer in trainers:
+    run_here(trainer, extra(name, tmp_path / f"{name}_1p"), tmp_path / f"{name}_1p")
   codes = {key: local.wait_all(procs, timeout=540) for key, procs in runs.items()}
   if codes != {key: 0 for key in runs}:
-    logs = {key: tail(tmp_path / f"{key[0]}_{key[1]}p" / "logs" / "process_1.log") for key in runs if key[1] == 2}
+    logs = {key: tail(tmp_path / f"{key[0]}_{key[1]}p" / "logs" / "process_1.log") for key in runs}
     pytest.fail(f"exit codes {codes}; the last lines of process 1's logs:\n" +
                 "\n".join(f"--- {key}\n{text}" for key, text in logs.items()))
 
