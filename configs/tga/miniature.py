@@ -48,10 +48,7 @@ def get_config(arg: str = ""):
       stage=a["stage"], seed=a["seed"], weight=a["weight"], layers=tuple(range(int(first), int(last or first) + 1)),
       template="chat_template", lr=lr, batch_size=a["batch"], total_steps=a["steps"], mesh=a["mesh"],
       model=model, data=dict(max_length=112, caption_max_length=32, buckets=(64, 80, 96, 112),
-                             caption_buckets=(16, 32),
-                             # The LM head at the answers' positions only: the same loss, a stage-2 step
-                             # ~13% faster (bench/results/target_logits.txt).
-                             target_buckets=(16, 32, 48, 64)))
+                             caption_buckets=(16, 32)))
   config.data.json = os.path.join(root, "data", f"stage{a['stage']}.json")
   config.tga.form = a["form"]
   config.data.use_retrieved = bool(a["retrieved"])
