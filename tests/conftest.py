@@ -10,8 +10,11 @@ so the session makes it cheaper without changing what any test checks:
 - XLA_FLAGS: LLVM at -O1 without its expensive passes. XLA's HLO passes (fusion, sharding, layouts) are
   unchanged; only the machine code is less tuned. Compiles take about a third of the time, and programs
   run about as fast as at the default -O2 (-O0, JAX_DISABLE_MOST_OPTIMIZATIONS, compiles as fast but
-  halves the speed of MiniLM-size models). Tests that start a subprocess with XLA_FLAGS of their own keep
-  these (test_preemption.py, test_notebook.py).
+  halves the speed of MiniLM-size models). And XLA:CPU's older elemental emitters instead of its fusion
+  emitters: a tiny TGA run's CPU time falls from ~24.5 to ~19.4 s (3 runs each), the suite's from ~1,500
+  to ~1,200 CPU-s; the real SmolLM2 compiles slower this way (its test file takes ~25 CPU-s more), a price
+  the many tiny programs repay. Tests that start a subprocess with XLA_FLAGS of their own keep these
+  (test_preemption.py, test_notebook.py).
 Each is set only where the environment does not set it already.
 
 `make test` runs two xdist workers: `pytest_collection_modifyitems` below puts the costliest files first, so
