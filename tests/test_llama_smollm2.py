@@ -111,7 +111,8 @@ def test_greedy_chat_continuations_match_transformers(models):
   ours = tga_jax.generate(module, params, tokenizer, CHATS, 20, chat=True)
   assert ours == want
   assert "Paris" in ours[0]
-  stopped = tga_jax.generate(module, params, tokenizer, CHATS[:1], 20, chat=True, stop=["Paris"])
+  # One token per jitted call, as the CLI streams (test_cli_streams_the_answer then reuses these programs).
+  stopped = tga_jax.generate(module, params, tokenizer, CHATS[:1], 20, chat=True, stop=["Paris"], chunk_size=1)
   assert stopped == [ours[0][:ours[0].find("Paris")]]
 
 

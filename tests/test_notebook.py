@@ -20,10 +20,17 @@ NOTEBOOK = os.path.join(ROOT, "notebooks", "quickstart.ipynb")
 # Before the notebook: `import torch` raises ModuleNotFoundError from here on (transformers sees no torch).
 NO_TORCH = 'import sys\nsys.modules["torch"] = None\n\n'
 
-# After the notebook, with its names (llm, llm_params, tokenizer, tga_dir, WORKDIR).
+# After the notebook, with its names (tokenizer, tga_dir, WORKDIR). Generation runs on a 2-layer LLaMA
+# with SmolLM2's vocabulary: the same code as on SmolLM2 (whose GGUF weights the notebook loaded and ran),
+# without compiling a 30-layer decoder twice more (~18 CPU-s).
 RUNTIME_PATHS = """
+import flax.linen as nn
 from tga_jax.safety import evaluate
-runtime = {"generate": tga_jax.generate(llm, llm_params, tokenizer, ["What is 2 + 2?"], 4, chat=True)[0]}
+small = tga_jax.LlamaForCausalLM(tga_jax.LlamaConfig(
+    vocab_size=llm.config.vocab_size, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+    num_kv_heads=1, head_dim=16, tie_word_embeddings=True, eos_token_id=llm.config.eos_token_id))
+small_params = nn.meta.unbox(jax.jit(small.init)(jax.random.PRNGKey(0), np.zeros((1, 4), np.int32))["params"])
+runtime = {"generate": tga_jax.generate(small, small_params, tokenizer, ["What is 2 + 2?"], 4, chat=True)[0]}
 analyze.main([f"--model=tiny={tga_dir}", "--data=procedural:n=7,seed=777", f"--out={WORKDIR}/analysis_cli",
               "--batch-size=8"])
 runtime["analysis_models"] = sorted(json.load(open(f"{WORKDIR}/analysis_cli/analysis.json"))["models"])
