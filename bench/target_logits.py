@@ -19,12 +19,17 @@ import tempfile
 import time
 
 
-def run(work: str, steps: int, buckets: tuple[int, ...], out_dir: str) -> dict:
+def plain_stage2_config(work: str, steps: int = 80):
+  """The reproduction's plain stage-2 config of seed 0 (from its stage-1 projector)."""
   from tga_jax.miniature import align
   from tga_jax.miniature.recipe import SCALES, load_json
-  from tga_jax.train import train
   scale = dataclasses.replace(SCALES["full"], stage2_steps=steps)
-  config = align.config_for(work, 2, 0, load_json(os.path.join(work, "band.json")), scale, "plain")
+  return align.config_for(work, 2, 0, load_json(os.path.join(work, "band.json")), scale, "plain")
+
+
+def run(work: str, steps: int, buckets: tuple[int, ...], out_dir: str) -> dict:
+  from tga_jax.train import train
+  config = plain_stage2_config(work, steps)
   config.progress_bar = False
   config.init_from = os.path.join(work, "align", "stage1")
   config.eval_every = 10**6  # the step only
@@ -43,9 +48,7 @@ def step_seconds(work: str, buckets: tuple[int, ...], repeats: int = 5) -> list[
   import numpy as np
   from tga_jax import train as tga_train
   from tga_jax.data import llava as llava_data
-  from tga_jax.miniature import align
-  from tga_jax.miniature.recipe import SCALES, load_json
-  config = align.config_for(work, 2, 0, load_json(os.path.join(work, "band.json")), SCALES["full"], "plain")
+  config = plain_stage2_config(work)
   module, _, tokenizer = tga_train.build_model(config.model)
   params = tga_train.load_params(os.path.join(work, "align", "stage1"))
   spec = llava_data.ExampleSpec(template=config.data.template, stage=2, max_length=config.data.max_length,
@@ -58,7 +61,7 @@ def step_seconds(work: str, buckets: tuple[int, ...], repeats: int = 5) -> list[
     examples = [parse(source[i]) for i in range(8)]
   batch = jax.tree.map(lambda *xs: np.stack(xs), *examples)
   batch = llava_data.bucket_trimmer(tuple(config.data.buckets), tuple(config.data.caption_buckets))(batch)
-  loss_fn = tga_train.make_loss_fn(module, config.tga, total_steps=80)
+  loss_fn = tga_train.make_loss_fn(module, config.tga, total_steps=config.total_steps)
   grad = jax.jit(lambda projector, b: jax.value_and_grad(
       lambda p: loss_fn({**params, "projector": p}, b, None, 0)[0])(projector))
   rows = []

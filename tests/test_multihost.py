@@ -51,14 +51,17 @@ def tail(path, lines=40):
 @pytest.mark.slow
 def test_two_processes_match_one_process_on_tiny_tga_and_comparative_loss(tmp_path):
   runs, trainers = {}, (("tga", TGA), ("comploss", COMPLOSS))
-  extra = lambda name, workdir: {"data.tfds_dir": str(workdir / "tfds")} if name == "comploss" else {}  # noqa: E731
+
+  def own_tfds(name, workdir):  # each comparative-loss run builds RTE in its own folder
+    return {"data.tfds_dir": str(workdir / "tfds")} if name == "comploss" else {}
+
   for name, trainer in trainers:
     workdir = tmp_path / f"{name}_2p"
-    args = command_line(trainer, extra(name, workdir)) + [f"--workdir={workdir}"]
+    args = command_line(trainer, own_tfds(name, workdir)) + [f"--workdir={workdir}"]
     runs[(name, 2)] = local.launch(args, 2, 4, log_dir=str(workdir / "logs"))
   # While the two 2-process runs go, the 1-process ones run here (the two cores overlap their work).
   for name, trainer in trainers:
-    run_here(trainer, extra(name, tmp_path / f"{name}_1p"), tmp_path / f"{name}_1p")
+    run_here(trainer, own_tfds(name, tmp_path / f"{name}_1p"), tmp_path / f"{name}_1p")
   codes = {key: local.wait_all(procs, timeout=540) for key, procs in runs.items()}
   if codes != {key: 0 for key in runs}:
     logs = {key: tail(tmp_path / f"{key[0]}_{key[1]}p" / "logs" / "process_1.log") for key in runs}

@@ -14,7 +14,6 @@ At the end the params are exported to `<workdir>/params` (stage 2's `init_from` 
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import types
@@ -217,13 +216,6 @@ def make_loss_fn(module: LlavaLVLM, tga_cfg, total_steps: int, always_guide_metr
   return loss_fn
 
 
-def _chain(transforms):
-  """The batch transforms applied in order (None when there are none)."""
-  if not transforms:
-    return None
-  return lambda batch: functools.reduce(lambda b, t: t(b), transforms, batch)
-
-
 def load_params(directory: str):
   """Params exported by a finished run (`<workdir>/params`), as host arrays."""
   path = os.path.join(os.path.abspath(directory), "params")
@@ -260,10 +252,13 @@ def train(config, workdir: str) -> dict:
     logging.warning("data.buckets and data.target_buckets ignored with %d processes: hosts would pick "
                     "different shapes for one step", jax.process_count())
     buckets = target_buckets = ()
-  transforms = ([llava_data.bucket_trimmer(buckets, tuple(config.data.get("caption_buckets", ())))] if buckets else []) + (
-      [llava_data.target_positions(target_buckets)] if target_buckets else [])
+  transforms = []
+  if buckets:
+    transforms.append(llava_data.bucket_trimmer(buckets, tuple(config.data.get("caption_buckets", ()))))
+  if target_buckets:  # after the trim: the target positions index the trimmed sequences
+    transforms.append(llava_data.target_positions(target_buckets))
   data = trainkit.make_train_iterator(sources["train"], global_batch_size=config.batch_size, seed=config.seed,
-                                      parse=parse, skip_counter=skipped, batch_transform=_chain(transforms))
+                                      parse=parse, skip_counter=skipped, batch_transform=transforms)
   sample = jax.tree.map(lambda x: x[None], _first_good(sources["train"], parse))
 
   mesh = trainkit.make_mesh(config.mesh)

@@ -6,7 +6,7 @@ resumed run continues on exactly the next batch.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grain
 import jax
@@ -55,7 +55,7 @@ def make_train_iterator(
     num_epochs: int | None = None,
     skip_counter: SkipCounter | None = None,
     worker_threads: int = 2,
-    batch_transform: Callable | None = None,
+    batch_transform: Callable | Sequence[Callable] | None = None,
 ) -> grain.DatasetIterator:
   """Shuffled (reshuffled every epoch), host-sharded, parsed, batched iterator.
 
@@ -64,8 +64,9 @@ def make_train_iterator(
     global_batch_size: examples per step over all hosts; each host yields its 1/process_count.
     parse: record -> dict of numpy arrays; may raise BadRecord to skip the record.
     num_epochs: None repeats forever (train by steps).
-    batch_transform: host-local batch -> batch, applied after batching (e.g. trimming padding to a
-      length bucket); being a map, it keeps the iterator's checkpointed position exact.
+    batch_transform: host-local batch -> batch, or a sequence of them applied in order, after batching
+      (e.g. trimming padding to a length bucket); being maps, they keep the iterator's checkpointed
+      position exact.
   Yields dicts of numpy arrays with leading dim global_batch_size / process_count.
   """
   hosts = jax.process_count()
@@ -78,8 +79,8 @@ def make_train_iterator(
     ds = ds.map(skipping(parse, counter)).filter(lambda x: x is not None)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=worker_threads, prefetch_buffer_size=4))
   ds = ds.batch(global_batch_size // hosts, drop_remainder=True)
-  if batch_transform is not None:
-    ds = ds.map(batch_transform)
+  for transform in [batch_transform] if callable(batch_transform) else batch_transform or ():
+    ds = ds.map(transform)
   return iter(ds)
 
 
