@@ -11,9 +11,8 @@ so the session makes it cheaper without changing what any test checks:
   unchanged; only the machine code is less tuned. Compiles take about a third of the time, and programs
   run about as fast as at the default -O2 (-O0, JAX_DISABLE_MOST_OPTIMIZATIONS, compiles as fast but
   halves the speed of MiniLM-size models). And XLA:CPU's older elemental emitters instead of its fusion
-  emitters: a tiny TGA run's CPU time falls from ~24.5 to ~19.4 s (3 runs each), the suite's from ~1,500
-  to ~1,200 CPU-s; the real SmolLM2 compiles slower this way (its test file takes ~25 CPU-s more), a price
-  the many tiny programs repay. Tests that start a subprocess with XLA_FLAGS of their own keep these
+  emitters: a tiny TGA run takes 19.2 CPU-s instead of 23.8, SmolLM2's first generate call 27.2 instead of
+  10.4 (bench/results/xla_cpu_emitters.txt); most tests compile tiny programs, so the suite gains. Tests that start a subprocess with XLA_FLAGS of their own keep these
   (test_preemption.py, test_notebook.py).
 Each is set only where the environment does not set it already.
 
