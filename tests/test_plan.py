@@ -126,6 +126,28 @@ def test_tiny_tga_step_planned_for_8_cpu_devices():
   assert "largest batch that fits" in planner.format_table(result)
 
 
+def test_a_compiler_error_in_the_search_keeps_the_plan_and_one_at_the_planned_batch_is_raised(monkeypatch):
+  """A search probe the compiler cannot build (not an out-of-memory) bounds the search instead of discarding
+  the compiles before it; the same error at the planned batch itself stops the plan."""
+  real_compile, calls = jax.stages.Lowered.compile, []
+
+  def compile_once_then_fail(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) > 1:
+      raise jax.errors.JaxRuntimeError("INTERNAL: Couldn't find output tile sizes that satisfy hlo: %dot")
+    return real_compile(self, *args, **kwargs)
+
+  monkeypatch.setattr(jax.stages.Lowered, "compile", compile_once_then_fail)
+  config = tiny.get_config("stage=2,weight=0.0")
+  result = planner.plan(config, planner.make_target("cpu:8"), search=True, max_batch_per_device=2,
+                        log=lambda _: None)
+  assert result["fits"] and result["max_global_batch"] == 8
+  assert [(p["global_batch"], p.get("error", "")[:8]) for p in result["probes"]] == [(8, ""), (16, "INTERNAL")]
+  assert "compiler error" in planner.format_table(result) and "at batch 16" in planner.format_table(result)
+  with pytest.raises(jax.errors.JaxRuntimeError, match="tile sizes"):
+    planner.plan(config, planner.make_target("cpu:8"), search=False, log=lambda _: None)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -e '.[tpu]'): no TPU topologies")
 def test_tiny_tga_step_planned_for_a_tpu_slice_from_the_command_line(tmp_path):

@@ -193,7 +193,10 @@ def make_target(name: str, slices: int = 1) -> Target:
     # No GPU to autotune kernels on: a deviceless compile waits forever for autotuning results unless it is
     # off (read when the plugin starts its compiler, so set before the topology is made).
     flags = os.environ.get("XLA_FLAGS", "")
-    for flag in ("--xla_gpu_shard_autotuning=false", "--xla_gpu_autotune_level=0"):
+    # Without autotuning, Triton's GEMM emitter keeps a default tiling that fails for some shapes ("Couldn't
+    # find output tile sizes", measured on CLIP-L's bf16[1154,1024] dot at 2 images per GPU): plan with cuBLAS.
+    for flag in ("--xla_gpu_shard_autotuning=false", "--xla_gpu_autotune_level=0",
+                 "--xla_gpu_enable_triton_gemm=false"):
       if flag.split("=")[0] not in flags:
         flags += " " + flag
     os.environ["XLA_FLAGS"] = flags.strip()
@@ -278,6 +281,7 @@ class Probe:
   compile_s: float = 0.0
   compile_cpu_s: float = 0.0  # CPU seconds of all the compiler's threads (wall time depends on the load)
   error: str = ""
+  crashed: bool = False  # the compiler failed for another reason than memory (error says why)
   info: dict = dataclasses.field(default_factory=dict)
   sizes: dict = dataclasses.field(default_factory=dict)
 
@@ -285,8 +289,11 @@ class Probe:
 _NEEDED = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT])\)|Used ([\d.]+)([KMGT]) of")
 
 
-def probe(planner, config, mesh, target: Target, global_batch: int, headroom: float) -> Probe:
-  """Builds the trainer's step for `global_batch`, compiles it for the target and reads its memory and cost."""
+def probe(planner, config, mesh, target: Target, global_batch: int, headroom: float, strict: bool = True) -> Probe:
+  """Builds the trainer's step for `global_batch`, compiles it for the target and reads its memory and cost.
+
+  A compiler error other than RESOURCE_EXHAUSTED is raised when `strict`; otherwise (the batch search's probes)
+  it comes back as a crashed probe, so that one failing compile does not discard the compiles made before it."""
   from jax.errors import JaxRuntimeError
 
   planned = planner(config, mesh, global_batch)
@@ -303,9 +310,12 @@ def probe(planner, config, mesh, target: Target, global_batch: int, headroom: fl
     compiled = lowered.compile()
   except JaxRuntimeError as e:
     message = str(e)
-    if "RESOURCE_EXHAUSTED" not in message:
-      raise
     first = message.strip().splitlines()[0][:400]
+    if "RESOURCE_EXHAUSTED" not in message:
+      if strict:
+        raise
+      return Probe(global_batch, False, False, flops=flops, lower_s=lower_s, compile_s=time.perf_counter() - start,
+                   compile_cpu_s=time.process_time() - cpu, error=first, crashed=True, info=planned.info, sizes=sizes)
     return Probe(global_batch, False, False, flops=flops, lower_s=lower_s, compile_s=time.perf_counter() - start,
                  compile_cpu_s=time.process_time() - cpu, error=first, info=planned.info, sizes=sizes,
                  peak=_needed_bytes(message))
@@ -355,11 +365,12 @@ def plan(config, target: Target, *, batch: int = 0, search: bool = True, max_bat
   batch = batch or int(config.batch_size)
   probes: dict[int, Probe] = {}
 
-  def run(global_batch: int) -> Probe:
+  def run(global_batch: int, strict: bool = False) -> Probe:
     if global_batch not in probes:
-      result = probe(planner, config, mesh, target, global_batch, headroom)
+      result = probe(planner, config, mesh, target, global_batch, headroom, strict=strict)
       probes[global_batch] = result
-      verdict = "fits" if result.fits else ("over budget" if result.compiled else "RESOURCE_EXHAUSTED")
+      verdict = ("fits" if result.fits else "over budget" if result.compiled else
+                 f"compiler error (counted as not fitting): {result.error}" if result.crashed else "RESOURCE_EXHAUSTED")
       log(f"  batch {global_batch:6d} ({global_batch / devices:g}/device): {verdict}, peak "
           f"{result.peak / GIB:.2f} GiB/device, lower {result.lower_s:.1f} s + compile {result.compile_s:.1f} s "
           f"({result.compile_cpu_s:.1f} s CPU)")
@@ -368,7 +379,7 @@ def plan(config, target: Target, *, batch: int = 0, search: bool = True, max_bat
   if batch % unit:
     log(f"  batch {batch}: not a multiple of the {unit} batch shards x microbatches; planning {unit * -(-batch // unit)}")
     batch = unit * -(-batch // unit)
-  main = run(batch)
+  main = run(batch, strict=True)
   best, predicted = None, None
   if search:
     best, predicted = _search(run, unit, max(1, max_batch_per_device * devices // unit),
@@ -451,7 +462,7 @@ def _report(config, target, mesh, main: Probe, best: Probe | None, probes, headr
       "peak_at_max_gib": round(best.peak / GIB, 2) if best else None,
       "probes": [{"global_batch": p.global_batch, "fits": p.fits, "compiled": p.compiled,
                   "peak_gib": round(p.peak / GIB, 3), "compile_s": round(p.compile_s, 2),
-                  "compile_cpu_s": round(p.compile_cpu_s, 2)}
+                  "compile_cpu_s": round(p.compile_cpu_s, 2), **({"error": p.error} if p.crashed else {})}
                  for _, p in sorted(probes.items())],
       "total_compile_s": round(sum(p.lower_s + p.compile_s for p in probes.values()), 1),
   }
@@ -484,6 +495,9 @@ def format_table(result: dict) -> str:
     rows.append(("largest batch that fits", f"{result['max_global_batch']} global = "
                  f"{result['max_batch_per_device']:g} per device (peak {result['peak_at_max_gib']} GiB); "
                  f"{len(result['probes'])} compiles, {result['total_compile_s']} s"))
+    for p in result["probes"]:
+      if "error" in p:  # the largest fit is then the largest below a batch the compiler could not build
+        rows.append(("compiler error", f"at batch {p['global_batch']}: {p['error']}"))
   width = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
