@@ -310,15 +310,12 @@ def probe(planner, config, mesh, target: Target, global_batch: int, headroom: fl
     compiled = lowered.compile()
   except JaxRuntimeError as e:
     message = str(e)
-    first = message.strip().splitlines()[0][:400]
-    if "RESOURCE_EXHAUSTED" not in message:
-      if strict:
-        raise
-      return Probe(global_batch, False, False, flops=flops, lower_s=lower_s, compile_s=time.perf_counter() - start,
-                   compile_cpu_s=time.process_time() - cpu, error=first, crashed=True, info=planned.info, sizes=sizes)
+    crashed = "RESOURCE_EXHAUSTED" not in message
+    if crashed and strict:
+      raise
     return Probe(global_batch, False, False, flops=flops, lower_s=lower_s, compile_s=time.perf_counter() - start,
-                 compile_cpu_s=time.process_time() - cpu, error=first, info=planned.info, sizes=sizes,
-                 peak=_needed_bytes(message))
+                 compile_cpu_s=time.process_time() - cpu, error=message.strip().splitlines()[0][:400],
+                 crashed=crashed, info=planned.info, sizes=sizes, peak=_needed_bytes(message))
   compile_s, compile_cpu_s = time.perf_counter() - start, time.process_time() - cpu
   stats = compiled.memory_analysis()
   fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
