@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from comploss_jax.ablation import NestedDropout
+from trainkit.matmul import contract_last
 from trainkit.json_fields import ConfigError, as_object, float_field, int_field, str_field
 
 ACTIVATIONS = {
@@ -105,7 +106,7 @@ class Projection(nn.Module):
                         self.in_shape + self.out_shape, jnp.float32)
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.names[len(self.in_shape):]),
                       self.out_shape, jnp.float32)
-    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=len(self.in_shape))
+    y = contract_last(x.astype(self.dtype), kernel.astype(self.dtype), len(self.in_shape))
     return y + bias.astype(self.dtype)
 
 

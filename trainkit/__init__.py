@@ -32,6 +32,7 @@ from trainkit.lora import enabled as lora_enabled
 from trainkit.lora import merge as merge_lora
 from trainkit.lora import merged_params as merged_lora_params
 from trainkit.loop import NonFiniteError, Preempted, train_loop, update_summary, write_json
+from trainkit.matmul import contract_last
 from trainkit.mesh import MESH_AXES, make_mesh
 from trainkit.metrics import MetricsWriter, read_jsonl
 from trainkit.optim import make_optimizer, make_schedule, trainable_mask
@@ -40,7 +41,7 @@ from trainkit.state import TrainState, abstract_train_state, create_train_state
 from trainkit.step import PlannedStep, make_train_step
 
 __all__ = [
-    "BadRecord", "Checkpointer", "apply_overrides", "load_config", "load_config_module", "DEFAULT_RULES", "MESH_AXES", "MetricsWriter", "NonFiniteError",
+    "BadRecord", "Checkpointer", "apply_overrides", "contract_last", "load_config", "load_config_module", "DEFAULT_RULES", "MESH_AXES", "MetricsWriter", "NonFiniteError",
     "PlannedStep", "Preempted", "SkipCounter", "TrainState", "abstract_train_state", "batch_sharding",
     "create_train_state",
     "logical_to_shardings", "make_mesh", "make_optimizer", "make_schedule", "make_train_iterator",

@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from trainkit.matmul import contract_last
+
 Array = jax.Array
 
 ACTIVATIONS = {
@@ -119,7 +121,7 @@ class Dense(nn.Module):
   def __call__(self, x: Array) -> Array:
     kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02), self.names),
                         self.in_shape + self.out_shape, self.param_dtype)
-    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=len(self.in_shape))
+    y = contract_last(x.astype(self.dtype), kernel.astype(self.dtype), len(self.in_shape))
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.names[len(self.in_shape):]),
                         self.out_shape, self.param_dtype)

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trainkit.matmul import contract_last
+
 Array = jax.Array
 
 REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
@@ -155,9 +157,7 @@ class DenseGeneral(nn.Module):
     n_in = len(self.names) - len(self.features)
     kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02), self.names),
                         x.shape[x.ndim - n_in:] + tuple(self.features), self.param_dtype)
-    contract = tuple(range(x.ndim - n_in, x.ndim))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                            ((contract, tuple(range(n_in))), ((), ())))
+    y = contract_last(x.astype(self.dtype), kernel.astype(self.dtype), n_in)  # 2-D: see trainkit/matmul.py
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.names[n_in:]),
                         tuple(self.features), self.param_dtype)
@@ -211,13 +211,18 @@ class Attention(nn.Module):
 
     batch, length = q.shape[:2]
     # Query head h reads kv head h // groups (HF's repeat_kv order), so split heads as (kv, groups).
-    q = q.reshape(batch, length, kv, groups, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype)) * jnp.asarray(hd ** -0.5, q.dtype)
+    # Head-major [B, KV, groups * T, hd] first, so that both attention matmuls are batched over (B, KV) in
+    # canonical order and neither the scores nor the output need a transposed copy (the CPU backward).
+    keys = k.shape[1]
+    q = q.reshape(batch, length, kv, groups, hd).transpose(0, 2, 3, 1, 4).reshape(batch, kv, groups * length, hd)
+    k, v = (x.astype(q.dtype).transpose(0, 2, 1, 3) for x in (k, v))
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k) * jnp.asarray(hd ** -0.5, q.dtype)
+    scores = scores.reshape(batch, kv, groups, length, keys)
     # A where (not an additive -inf bias) keeps fully masked rows -- left padding -- finite.
     scores = jnp.where(allowed, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(q.dtype), v.astype(q.dtype))
-    out = out.reshape(batch, length, cfg.num_heads, hd)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs.astype(q.dtype).reshape(batch, kv, groups * length, keys), v)
+    out = out.reshape(batch, kv, groups, length, hd).transpose(0, 3, 1, 2, 4).reshape(batch, length, cfg.num_heads, hd)
     out = _dense(cfg.hidden_size, ("heads", "head_dim", "embed"), config=cfg, use_bias=cfg.attention_bias,
                  name="o")(out)
 
@@ -373,7 +378,9 @@ class LlamaForCausalLM(nn.Module):
     elif logits_at is not None:
       final = jnp.take_along_axis(final, jnp.asarray(logits_at, jnp.int32)[..., None], axis=1)
     if cfg.tie_word_embeddings:
-      logits = jnp.einsum("...d,vd->...v", final.astype(dtype), embedding.astype(dtype))
+      # As a 2-D matmul (trainkit/matmul.py): the embedding's gradient then needs no transposed copy of
+      # dlogits float32[B*T, V], the step's largest array.
+      logits = contract_last(final.astype(dtype), embedding.astype(dtype).T, 1)
     else:
       logits = _dense(cfg.vocab_size, ("embed", "vocab"), config=cfg, use_bias=False, name="lm_head")(final)
     return logits.astype(jnp.float32), aux
