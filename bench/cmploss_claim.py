@@ -33,10 +33,10 @@ at the end, and chooses nothing: with 2 epochs there is little to choose from); 
 keeps its best epoch on the dev split (223 articles) and that checkpoint is scored on test (the
 protocol of bench/bbc_experiment.py; one more dev evaluation per epoch).
 
-Time, measured on this project's 2-core machine: the 40 short-input runs took 44 minutes and the 20
-long-input MiniLM-L6 runs 101 minutes (part of it beside other jobs); the 20 long-input MiniLM-L3 runs are
-estimated at about an hour, so the whole grid takes about 3.4 hours, over more than one invocation if
-need be. --estimate-only prints the estimate per kind of run. Compiled programs are cached in
+Time, measured on this project's 2-core machine: the 40 short-input runs took 44 minutes, the 20
+long-input MiniLM-L6 runs 101 minutes and the 20 long-input MiniLM-L3 runs 67 minutes (both long halves
+partly beside other jobs), so the whole grid takes about 3.5 hours, over more than one invocation if need be.
+--estimate-only prints the estimate per kind of run. Compiled programs are cached in
 <workdir>/jax_cache, so only the first run of each kind compiles.
 
 Resumable: each finished run writes <workdir>/<run>/run.json (its settings, scores and seconds); a
