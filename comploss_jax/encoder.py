@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from comploss_jax.ablation import NestedDropout
-from trainkit.matmul import contract_last
 from trainkit.json_fields import ConfigError, as_object, float_field, int_field, str_field
+from trainkit.matmul import contract_last
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
