@@ -67,7 +67,7 @@ def get_config(arg: str = ""):
 
 
 def sweep(arg: str = ""):
-  """The stage-2 variants of the reproduction: lambda = 0, TGA, its three ablations, and both with LoRA."""
+  """The stage-2 variants of the reproduction: lambda = 0, TGA, its ablations and levers, and both with LoRA."""
   # tga_alg1_band's layers come from the reproduction's band.json, which a sweep does not have.
   return [{"_variant": name, **fields} for name, fields in VARIANTS.items() if "_band" not in fields]
 
@@ -75,34 +75,45 @@ def sweep(arg: str = ""):
 # LoRA's factors train at LORA_LR (an lr group scales the projector's stage-2 rate).
 LORA = {"lora.rank": 8, "lora.alpha": 16.0, "optimizer.lr_groups": (("lora/.*", LORA_LR / STAGE2_LR),)}
 
-# name -> stage-2 overrides; 'tga.weight' is lambda. reference_form is the reference code's loss made
-# differentiable (as written there it has no gradient, which equals `retrieved_only`).
+# Stage-2 instructions whose first turn is a short naming question (NAMING_QUESTIONS).
+NAMING = "|".join(re.escape(q) for q in NAMING_QUESTIONS)
+
+# TGA as the reproduction runs it: lambda = 1 and the retrieved text in the prompt, except that every naming
+# question ("What object is shown here?" -> "It is a kite.") and half of the other image records (the same
+# half every epoch) train without it. With the caption in every prompt (the paper's literal recipe,
+# `tga_rt_always`) the name is a copy and the model never learns to read it from the image: it named 15.6%
+# of held-out benign renders from the image alone; with only the naming questions bare 76.1%
+# (`tga_naming_bare`, 3 seeds; docs/miniature/rt_always holds that run). Inference keeps both: '+rt' rows ask with the
+# retrieved text, the others with the image alone.
+TGA = {"tga.weight": 1.0, "data.use_retrieved": True, "data.no_retrieved_pattern": NAMING,
+       "data.retrieved_dropout": 0.5}
+
+# name -> stage-2 overrides; 'tga.weight' is lambda. The ablations change one thing of TGA. reference_form is
+# the reference code's loss made differentiable (as written there it has no gradient, which equals
+# `retrieved_only`).
 VARIANTS = {
     "plain": {"tga.weight": 0.0, "data.use_retrieved": False},
-    "tga": {"tga.weight": 1.0, "data.use_retrieved": True},
-    "retrieved_only": {"tga.weight": 0.0, "data.use_retrieved": True},
+    "tga": TGA,
+    "retrieved_only": {**TGA, "tga.weight": 0.0},
     "guide_only": {"tga.weight": 1.0, "data.use_retrieved": False},
-    "reference_form": {"tga.weight": 1.0, "data.use_retrieved": True, "tga.form": "reference"},
+    "reference_form": {**TGA, "tga.form": "reference"},
     # TGA guiding the band that starts at the paper's Algorithm 1 activation layer (on text requests)
     # instead of the linear probe's first separating layer (keys starting with '_' are not config fields).
-    "tga_alg1_band": {"tga.weight": 1.0, "data.use_retrieved": True, "_band": "algorithm1"},
-    # A lever on image-alone naming under TGA: half the stage-2 records train without their retrieved text
-    # (the same half every epoch), so the model cannot always read the object's name from the prompt.
+    "tga_alg1_band": {**TGA, "_band": "algorithm1"},
+    # The retrieved text in every stage-2 prompt, as the paper trains.
+    "tga_rt_always": {"tga.weight": 1.0, "data.use_retrieved": True},
+    # Only the naming questions without it, or only half of the records (naming questions among them).
+    "tga_naming_bare": {"tga.weight": 1.0, "data.use_retrieved": True, "data.no_retrieved_pattern": NAMING},
     "tga_rtdrop": {"tga.weight": 1.0, "data.use_retrieved": True, "data.retrieved_dropout": 0.5},
-    # The other lever: every short naming question ("What object is shown here?" -> "It is a kite.") trains
-    # without its retrieved text, every other instruction with it. With the caption in the prompt the
-    # name is a copy; without it, only the image tells it (as when the model is asked without retrieval).
-    "tga_naming_bare": {"tga.weight": 1.0, "data.use_retrieved": True,
-                        "data.no_retrieved_pattern": "|".join(re.escape(q) for q in NAMING_QUESTIONS)},
     # The stage-2 learning rate as a lever on naming: the projector at 3e-4 and 1e-3 instead of 3e-3.
     "plain_lr3e-4": {"tga.weight": 0.0, "data.use_retrieved": False, "optimizer.learning_rate": 3e-4},
-    "tga_lr3e-4": {"tga.weight": 1.0, "data.use_retrieved": True, "optimizer.learning_rate": 3e-4},
+    "tga_lr3e-4": {**TGA, "optimizer.learning_rate": 3e-4},
     "plain_lr1e-3": {"tga.weight": 0.0, "data.use_retrieved": False, "optimizer.learning_rate": 1e-3},
-    "tga_lr1e-3": {"tga.weight": 1.0, "data.use_retrieved": True, "optimizer.learning_rate": 1e-3},
+    "tga_lr1e-3": {**TGA, "optimizer.learning_rate": 1e-3},
     # The paper's stage 2 trains the LLM too: here through rank-8 LoRA on its attention and MLP
     # projections (the base weights stay frozen; the factors are merged on export), at a paper-like
     # rate for the LLM: 2e-5 (the paper fine-tunes everything at 2e-6). At the projector's stage-2 rate of the
     # time (1e-3), 40 steps of LoRA erased the text safety (docs/miniature/stage2_40steps, issue 16).
     "plain_lora": {"tga.weight": 0.0, "data.use_retrieved": False, **LORA},
-    "tga_lora": {"tga.weight": 1.0, "data.use_retrieved": True, **LORA},
+    "tga_lora": {**TGA, **LORA},
 }
