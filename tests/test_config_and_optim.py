@@ -52,6 +52,15 @@ def test_schedules_warm_up_then_decay():
     trainkit.make_schedule(opt_config(schedule="step"), 10)
 
 
+def test_schedule_steps_let_a_paused_run_follow_the_whole_schedule():
+  """A run stopped at step 40 of a 110-step cosine, and resumed to 110, follows the 110-step schedule."""
+  whole = trainkit.make_schedule(opt_config(), total_steps=110)
+  first_leg = trainkit.make_schedule(opt_config(schedule_steps=110), total_steps=40)
+  steps = np.arange(40)
+  np.testing.assert_allclose(np.asarray(first_leg(steps)), np.asarray(whole(steps)), rtol=1e-6)
+  assert float(first_leg(39)) > 0.5  # not the 40-step cosine, which is near its end there
+
+
 def test_frozen_params_get_no_optimizer_state_and_do_not_move():
   config = digits.get_config()
   config.optimizer.trainable = ("head/.*", "up_.*/kernel")

@@ -3,6 +3,8 @@
 Config (`config.optimizer`):
     name='adamw', learning_rate, weight_decay, b1, b2, eps,
     schedule='cosine' | 'linear' | 'constant', warmup_steps (or warmup_fraction), final_lr_fraction,
+    schedule_steps=0    the schedule's length when it is not the run's total_steps (0): a run stopped
+                        early and resumed later with a larger total_steps follows one schedule.
     clip_norm (global-norm clipping; 0 disables),
     trainable=('.*',)   regexes matched (re.fullmatch) against '/'-joined param paths.
     lr_groups=()        ((regex, scale), ...): params whose path matches a regex (the first that does)
@@ -23,7 +25,9 @@ from trainkit.sharding import path_str
 
 
 def make_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
-  """Warmup (linear from 0) followed by cosine, linear decay or a constant."""
+  """Warmup (linear from 0) followed by cosine, linear decay or a constant, over `schedule_steps` steps
+  (when set) or total_steps."""
+  total_steps = int(opt_cfg.get("schedule_steps", 0) or total_steps)
   peak = float(opt_cfg.learning_rate)
   warmup = int(opt_cfg.get("warmup_steps", 0) or round(opt_cfg.get("warmup_fraction", 0.0) * total_steps))
   final = peak * float(opt_cfg.get("final_lr_fraction", 0.0))

@@ -14,14 +14,16 @@ from tga_jax.miniature.evaluation import evaluate_model, load_eval_model
 from tga_jax.miniature.recipe import CAPTION_PROMPT, Scale, load_json, mentions, save_json
 
 
-def config_for(work: str, stage: int, seed: int, band: dict, scale: Scale, variant: str | None = None):
+def config_for(work: str, stage: int, seed: int, band: dict, scale: Scale, variant: str | None = None,
+               schedule_steps: int = 0):
+  """The run's config; `schedule_steps`: stage 1's schedule length when it pauses before the end."""
   from trainkit.config_files import apply_overrides, load_config, load_config_module
   steps = scale.stage1_steps if stage == 1 else scale.stage2_steps
   fields = dict(load_config_module(scale.config).VARIANTS[variant]) if variant else {}
   # '_band': which of band.json's bands the variant guides (default: the probe band).
   layers = band[fields["_band"]] if "_band" in fields else band
   arg = (f"stage={stage},seed={seed},steps={steps},batch={scale.batch},root={work},"
-         f"band={layers['first']}-{layers['last']}")
+         f"band={layers['first']}-{layers['last']},schedule_steps={schedule_steps}")
   config = load_config(f"{scale.config}:{arg}")
   apply_overrides(config, {k: v for k, v in fields.items() if not k.startswith("_")})
   config.progress_bar = True
@@ -47,22 +49,31 @@ def align(work: str, seed: int, variant: str, band: dict, scale: Scale) -> str:
 
 def stage1(work: str, seed: int, band: dict, scale: Scale, workdir: str) -> str:
   """Stage 1 (captioning, projector only) as one run, paused at each of `scale.stage1_gates` to measure
-  the gate: can the LVLM name the object of held-out renders from the bare image? Pausing is exact: the
-  schedule is constant after a fixed warmup and a resumed run continues from its checkpoint on the
-  next batch, so the curve's points are the one run's states. Writes <workdir>/gate.json (the last
+  the gate: can the LVLM name the object of held-out renders from the bare image? Pausing is exact: every
+  segment follows the schedule of the whole run (its length is the last step) and a resumed run continues
+  from its checkpoint on the next batch, so the curve's points are the one run's states. Writes <workdir>/gate.json (the last
   point) and curve.json (every point: steps, samples seen, training seconds so far, concept accuracy)."""
   from tga_jax.train import train
   curve_path = os.path.join(workdir, "curve.json")
   curve = load_json(curve_path) if os.path.exists(curve_path) else []
   done = load_json(os.path.join(workdir, "summary.json")).get("final_step", 0) if os.path.exists(
       os.path.join(workdir, "summary.json")) else 0
+  config_path = os.path.join(workdir, "config.json")
+  if done and os.path.exists(config_path):  # a decaying schedule cannot be stretched after the fact
+    optimizer = load_json(config_path)["optimizer"]
+    length = optimizer.get("schedule_steps") or load_json(config_path)["total_steps"]
+    if optimizer.get("schedule") != "constant" and length != scale.stage1_steps and done < scale.stage1_steps:
+      raise ValueError(f"{workdir} holds a stage 1 whose {optimizer.get('schedule')} schedule ends at step {length}, "
+                       f"not at {scale.stage1_steps}: it cannot be continued to that step. Remove {workdir} "
+                       "(and the align/seed* runs made from it) or use a new --workdir.")
   for steps in sorted({*scale.stage1_gates, scale.stage1_steps}):
     if steps > scale.stage1_steps or any(point["steps"] == steps for point in curve):
       continue
     if steps < done:  # the run is past this point: it cannot be measured any more
       logging.warning("stage 1 is at step %d: its gate at step %d cannot be measured now", done, steps)
       continue
-    config = config_for(work, 1, seed, band, dataclasses.replace(scale, stage1_steps=steps))
+    config = config_for(work, 1, seed, band, dataclasses.replace(scale, stage1_steps=steps),
+                        schedule_steps=scale.stage1_steps)
     logging.info("stage 1 to step %d -> %s", steps, workdir)
     start = time.perf_counter()
     train(config, workdir)

@@ -43,9 +43,11 @@ class Scale:
   stage2_per_concept: int = 16   # instruction renders per benign concept
   eval_toxic: int = 8            # held-out renders per toxic concept (DSR)
   eval_benign: int = 2           # held-out renders per benign concept (false refusals, concept accuracy)
-  # One stage 1, shared by the seeds. Its gate on bare images was 40% at 120 steps, 87% at 240 and 85% at 360
-  # (docs/miniature/stage1_curve.json of the 360-step run): 240 reaches it in two thirds of the time.
-  stage1_steps: int = 240
+  # One stage 1, shared by the seeds. Its gate on bare images, one run paused at each point: 76.7% at 240
+  # steps, 75.0 at 300, 78.3 at 360, 80.0 at 420 and 480 (docs/miniature/levers/stage1.json; an earlier
+  # run, before the dense layers became 2-D matmuls, reached 86.7% at 240). Neither a cosine decay (28.3%
+  # at 240) nor twice the renders per concept (53.3% at 240) got there sooner.
+  stage1_steps: int = 420
   stage1_gates: tuple = ()       # stage-1 concept accuracy also measured at these steps (a curve; --stage1-gates)
   # Stage 2 (issue 16's levers): at 40 steps with every 4th instruction a naming question, plain named 66.7%
   # of held-out benign renders; at 80 steps with every 2nd, 71.7% (seed 0).
