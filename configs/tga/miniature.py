@@ -11,8 +11,8 @@ config for every stage, seed and variant; by hand:
 Arg string: stage, weight (lambda; 0 = plain LLaVA-style), retrieved (1: "Retrieved Text: r." in the
 prompt), form ('paper' or 'reference'), band ('first-last' guided layers; hidden-state indices, 0 =
 embeddings), seed, steps, batch, lr (0: 1e-2 in stage 1, 3e-3 in stage 2), root (the reproduction's
-workdir), mesh ('cpu', 'tpu_pod', 'gpu8'), schedule and schedule_steps (stage 1's learning-rate schedule and its
-length when the run stops before it ends; 0 = steps).
+workdir), mesh ('cpu', 'tpu_pod', 'gpu8'), schedule and schedule_steps (stage 1's learning-rate schedule
+and its length when the run stops before it ends; 0 = steps).
 Both stages train the projector only (the LLM and the tower stay frozen) in the plain/tga variants: the
 question is where the images land in the frozen LLM's hidden space, and the LLM keeps exactly the text
 safety it was given. The *_lora variants also train the LLM in stage 2 (LoRA, as the paper's stage 2
@@ -70,7 +70,7 @@ def get_config(arg: str = ""):
 
 
 def sweep(arg: str = ""):
-  """The stage-2 variants of the reproduction: lambda = 0, TGA, its ablations and levers, and both with LoRA."""
+  """The stage-2 variants of the reproduction: lambda = 0, TGA, its ablations and levers, both with LoRA."""
   # tga_alg1_band's layers come from the reproduction's band.json, which a sweep does not have.
   return [{"_variant": name, **fields} for name, fields in VARIANTS.items() if "_band" not in fields]
 
@@ -86,8 +86,8 @@ NAMING = "|".join(re.escape(q) for q in NAMING_QUESTIONS)
 # half every epoch) train without it. With the caption in every prompt (the paper's literal recipe,
 # `tga_rt_always`) the name is a copy and the model never learns to read it from the image: it named 15.6%
 # of held-out benign renders from the image alone; with only the naming questions bare 76.1%
-# (`tga_naming_bare`, 3 seeds; docs/miniature/rt_always holds that run). Inference keeps both: '+rt' rows ask with the
-# retrieved text, the others with the image alone.
+# (`tga_naming_bare`, 3 seeds; docs/miniature/rt_always holds that run). Inference keeps both: '+rt' rows
+# ask with the retrieved text, the others with the image alone.
 TGA = {"tga.weight": 1.0, "data.use_retrieved": True, "data.no_retrieved_pattern": NAMING,
        "data.retrieved_dropout": 0.5}
 

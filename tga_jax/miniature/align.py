@@ -51,8 +51,9 @@ def stage1(work: str, seed: int, band: dict, scale: Scale, workdir: str) -> str:
   """Stage 1 (captioning, projector only) as one run, paused at each of `scale.stage1_gates` to measure
   the gate: can the LVLM name the object of held-out renders from the bare image? Pausing is exact: every
   segment follows the schedule of the whole run (its length is the last step) and a resumed run continues
-  from its checkpoint on the next batch, so the curve's points are the one run's states. Writes <workdir>/gate.json (the last
-  point) and curve.json (every point: steps, samples seen, training seconds so far, concept accuracy)."""
+  from its checkpoint on the next batch, so the curve's points are the one run's states. Writes
+  <workdir>/gate.json (the last point) and curve.json (every point: steps, samples seen, training seconds
+  so far, concept accuracy)."""
   from tga_jax.train import train
   curve_path = os.path.join(workdir, "curve.json")
   curve = load_json(curve_path) if os.path.exists(curve_path) else []
@@ -60,8 +61,9 @@ def stage1(work: str, seed: int, band: dict, scale: Scale, workdir: str) -> str:
       os.path.join(workdir, "summary.json")) else 0
   config_path = os.path.join(workdir, "config.json")
   if done and os.path.exists(config_path):  # a decaying schedule cannot be stretched after the fact
-    optimizer = load_json(config_path)["optimizer"]
-    length = optimizer.get("schedule_steps") or load_json(config_path)["total_steps"]
+    previous = load_json(config_path)
+    optimizer = previous["optimizer"]
+    length = optimizer.get("schedule_steps") or previous["total_steps"]
     if optimizer.get("schedule") != "constant" and length != scale.stage1_steps and done < scale.stage1_steps:
       raise ValueError(f"{workdir} holds a stage 1 whose {optimizer.get('schedule')} schedule ends at step {length}, "
                        f"not at {scale.stage1_steps}: it cannot be continued to that step. Remove {workdir} "
