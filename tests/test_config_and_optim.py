@@ -52,6 +52,15 @@ def test_schedules_warm_up_then_decay():
     trainkit.make_schedule(opt_config(schedule="step"), 10)
 
 
+def test_wsd_holds_the_peak_then_decays_over_its_last_fraction():
+  """110 steps, 10 of warmup, the last 20 (decay_fraction 2/11) decaying linearly to 10% of the peak."""
+  wsd = trainkit.make_schedule(opt_config(schedule="wsd", decay_fraction=20 / 110, final_lr_fraction=0.1), 110)
+  assert [float(wsd(s)) for s in (5, 10, 60, 90)] == pytest.approx([0.5, 1.0, 1.0, 1.0])
+  assert float(wsd(100)) == pytest.approx(0.55) and float(wsd(110)) == pytest.approx(0.1)
+  with pytest.raises(ValueError, match="decay_fraction=0.0"):
+    trainkit.make_schedule(opt_config(schedule="wsd", decay_fraction=0.0), 10)
+
+
 def test_schedule_steps_let_a_paused_run_follow_the_whole_schedule():
   """A run stopped at step 40 of a 110-step cosine, and resumed to 110, follows the 110-step schedule."""
   whole = trainkit.make_schedule(opt_config(), total_steps=110)

@@ -2,7 +2,9 @@
 
 Config (`config.optimizer`):
     name='adamw', learning_rate, weight_decay, b1, b2, eps,
-    schedule='cosine' | 'linear' | 'constant', warmup_steps (or warmup_fraction), final_lr_fraction,
+    schedule='cosine' | 'linear' | 'constant' | 'wsd', warmup_steps (or warmup_fraction), final_lr_fraction,
+    decay_fraction=0.2  'wsd' (warmup-stable-decay): the peak rate, then a linear decay to the final rate over
+                        this fraction of the schedule's steps (its last ones).
     schedule_steps=0    the schedule's length when it is not the run's total_steps (0): a run stopped
                         early and resumed later with a larger total_steps follows one schedule.
     clip_norm (global-norm clipping; 0 disables),
@@ -25,8 +27,8 @@ from trainkit.sharding import path_str
 
 
 def make_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
-  """Warmup (linear from 0) followed by cosine, linear decay or a constant, over `schedule_steps` steps
-  (when set) or total_steps."""
+  """Warmup (linear from 0) followed by cosine, linear decay, a constant, or a constant then a linear decay
+  ('wsd'), over `schedule_steps` steps (when set) or total_steps."""
   total_steps = int(opt_cfg.get("schedule_steps", 0) or total_steps)
   peak = float(opt_cfg.learning_rate)
   warmup = int(opt_cfg.get("warmup_steps", 0) or round(opt_cfg.get("warmup_fraction", 0.0) * total_steps))
@@ -39,8 +41,15 @@ def make_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
     after = optax.linear_schedule(peak, final, decay_steps)
   elif kind == "constant":
     after = optax.constant_schedule(peak)
+  elif kind == "wsd":
+    fraction = float(opt_cfg.get("decay_fraction", 0.2))
+    if not 0.0 < fraction <= 1.0:
+      raise ValueError(f"optimizer.decay_fraction={fraction}: expected a fraction of the schedule in (0, 1]")
+    tail = min(max(round(fraction * total_steps), 1), decay_steps)
+    after = optax.join_schedules([optax.constant_schedule(peak), optax.linear_schedule(peak, final, tail)],
+                                 [decay_steps - tail])
   else:
-    raise ValueError(f"optimizer.schedule={kind!r}: expected 'cosine', 'linear' or 'constant'")
+    raise ValueError(f"optimizer.schedule={kind!r}: expected 'cosine', 'linear', 'constant' or 'wsd'")
   if not warmup:
     return after
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])

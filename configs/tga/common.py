@@ -49,6 +49,7 @@ def base_config(*, stage, seed, weight, layers, template, lr, batch_size, total_
   config.progress_bar = True
   config.optimizer = dict(name="adamw", learning_rate=lr, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
                           schedule="cosine", warmup_fraction=0.03, final_lr_fraction=0.0, schedule_steps=0,
+                          decay_fraction=0.2,
                           clip_norm=1.0, trainable=(".*",), lr_groups=(), grad_accum_steps=1)
   config.checkpoint = dict(every=max(total_steps // 2, 1), keep=2, use_async=True)
   # LoRA on the LLM (trainkit/lora.py): rank 0 = off. With rank > 0 the LLM's own weights stay frozen,

@@ -12,7 +12,7 @@ Arg string: stage, weight (lambda; 0 = plain LLaVA-style), retrieved (1: "Retrie
 prompt), form ('paper' or 'reference'), band ('first-last' guided layers; hidden-state indices, 0 =
 embeddings), seed, steps, batch, lr (0: 1e-2 in stage 1, 3e-3 in stage 2), root (the reproduction's
 workdir), mesh ('cpu', 'tpu_pod', 'gpu8'), schedule and schedule_steps (stage 1's learning-rate schedule
-and its length when the run stops before it ends; 0 = steps).
+and its length when the run stops before it ends; 0 = steps), decay (the decaying fraction of a 'wsd' schedule).
 Both stages train the projector only (the LLM and the tower stay frozen) in the plain/tga variants: the
 question is where the images land in the frozen LLM's hidden space, and the LLM keeps exactly the text
 safety it was given. The *_lora variants also train the LLM in stage 2 (LoRA, as the paper's stage 2
@@ -32,7 +32,8 @@ LORA_LR = 2e-5    # the LLM's LoRA factors in the *_lora variants (see VARIANTS)
 
 def get_config(arg: str = ""):
   a = parse(arg, stage=1, weight=0.0, retrieved=0, form="paper", band="8-16", seed=0, steps=80, batch=8,
-            lr=0.0, root="runs/miniature", mesh="cpu", schedule="constant", schedule_steps=0)
+            lr=0.0, root="runs/miniature", mesh="cpu", schedule="constant", schedule_steps=0,
+            decay=0.2)
   # Stage 1 moves a fresh projector far in few steps: at 1e-3 its caption loss stays above 5 after 120
   # steps, at 1e-2 it reaches ~2. Stage 2 teaches the chat format to name what the image shows: at 3e-4 plain
   # named 37% of held-out benign renders, at 1e-3 72-75%, at 3e-3 83% (seed 0; docs/miniature/levers).
@@ -50,8 +51,10 @@ def get_config(arg: str = ""):
       template="chat_template", lr=lr, batch_size=a["batch"], total_steps=a["steps"], mesh=a["mesh"],
       # Stage-1 records (17 image tokens + a caption of 6-19 tokens) are 24-38 tokens long: without the short
       # buckets every stage-1 batch paid for 64. Stage-2 chat records are 60-112.
+      # The LM head runs on the target positions only (a stage-1 caption is <= 20 of them, a stage-2 answer
+      # <= 40 of 60-112): 1.21x per step at [8, 80] (bench/results/target_logits.txt).
       model=model, data=dict(max_length=112, caption_max_length=32, buckets=(32, 40, 48, 64, 80, 96, 112),
-                             caption_buckets=(16, 32)))
+                             caption_buckets=(16, 32), target_buckets=(16, 24, 32, 48, 64)))
   config.data.json = os.path.join(root, "data", f"stage{a['stage']}.json")
   config.tga.form = a["form"]
   config.data.use_retrieved = bool(a["retrieved"])
@@ -68,6 +71,7 @@ def get_config(arg: str = ""):
     config.optimizer.schedule = a["schedule"]
     config.optimizer.warmup_steps = 10
     config.optimizer.schedule_steps = a["schedule_steps"]
+    config.optimizer.decay_fraction = a["decay"]
   return config
 
 
