@@ -44,10 +44,11 @@ class Scale:
   stage2_per_concept: int = 16   # instruction renders per benign concept
   eval_toxic: int = 8            # held-out renders per toxic concept (DSR)
   eval_benign: int = 2           # held-out renders per benign concept (false refusals, concept accuracy)
-  # One stage 1, shared by the seeds. Its gate on bare images, one run paused at each point: 76.7% at 240
-  # steps, 75.0 at 300, 78.3 at 360, 80.0 at 420 and 480 (docs/miniature/levers/stage1.json; an earlier
-  # run, before the dense layers became 2-D matmuls, reached 86.7% at 240). Neither a cosine decay (28.3%
-  # at 240) nor twice the renders per concept (53.3% at 240) got there sooner.
+  # One stage 1, shared by the seeds. Its gate on bare images at a constant rate, one run paused at each
+  # point: 76.7% at 240 steps, 75.0 at 300, 78.3 at 360, 80.0 at 420 and 480; with the last quarter decaying
+  # (the config's 'wsd' schedule): 71.7% at 300 (before the decay), 81.7% at 420
+  # (docs/miniature/levers/stage1.json). Neither a cosine decay (28.3% at 240) nor twice the renders per
+  # concept (53.3% at 240) got there sooner.
   stage1_steps: int = 420
   stage1_gates: tuple = ()       # stage-1 concept accuracy also measured at these steps (a curve; --stage1-gates)
   # Stage 2 (issue 16's levers): at 40 steps with every 4th instruction a naming question, plain named 66.7%
