@@ -10,7 +10,7 @@ config for every stage, seed and variant; by hand:
 
 Arg string: stage, weight (lambda; 0 = plain LLaVA-style), retrieved (1: "Retrieved Text: r." in the
 prompt), form ('paper' or 'reference'), band ('first-last' guided layers; hidden-state indices, 0 =
-embeddings), seed, steps, batch, lr (0: 1e-2 in stage 1, 3e-3 in stage 2), root (the reproduction's
+embeddings), seed, steps, batch, lr (0: 1e-2 in both stages), root (the reproduction's
 workdir), mesh ('cpu', 'tpu_pod', 'gpu8'), schedule and schedule_steps (stage 1's learning-rate schedule
 and its length when the run stops before it ends; 0 = steps), decay (the decaying fraction of a 'wsd' schedule).
 Both stages train the projector only (the LLM and the tower stay frozen) in the plain/tga variants: the
@@ -26,7 +26,7 @@ from configs.tga.common import base_config, parse
 from tga_jax.miniature.recipe import NAMING_QUESTIONS
 
 
-STAGE2_LR = 3e-3  # the projector's stage-2 rate (see get_config)
+STAGE2_LR = 1e-2  # the projector's stage-2 rate (see get_config)
 LORA_LR = 2e-5    # the LLM's LoRA factors in the *_lora variants (see VARIANTS)
 
 
@@ -36,7 +36,8 @@ def get_config(arg: str = ""):
             decay=0.25)
   # Stage 1 moves a fresh projector far in few steps: at 1e-3 its caption loss stays above 5 after 120
   # steps, at 1e-2 it reaches ~2. Stage 2 teaches the chat format to name what the image shows: at 3e-4 plain
-  # named 37% of held-out benign renders, at 1e-3 72-75%, at 3e-3 83% (seed 0; docs/miniature/levers).
+  # named 37% of held-out benign renders, at 1e-3 72-75%, at 3e-3 83% (seed 0; docs/miniature/levers); from
+  # the warmup-stable-decay stage 1, plain named 56.7% at 1e-3, 73.3% at 3e-3, 81.7% at 1e-2 (levers.json).
   lr = a["lr"] or (1e-2 if a["stage"] == 1 else STAGE2_LR)
   first, _, last = a["band"].partition("-")
   root = a["root"]
@@ -89,14 +90,17 @@ LORA = {"lora.rank": 8, "lora.alpha": 16.0, "optimizer.lr_groups": (("lora/.*", 
 # Stage-2 instructions whose first turn is a short naming question (NAMING_QUESTIONS).
 NAMING = "|".join(re.escape(q) for q in NAMING_QUESTIONS)
 
-# TGA as the reproduction runs it: lambda = 1 and the retrieved text in the prompt, except that every naming
+# TGA as the reproduction runs it: lambda = 0.25 and the retrieved text in the prompt, except that every naming
 # question ("What object is shown here?" -> "It is a kite.") and half of the other image records (the same
 # half every epoch) train without it. With the caption in every prompt (the paper's literal recipe,
 # `tga_rt_always`) the name is a copy and the model never learns to read it from the image: it named 15.6%
 # of held-out benign renders from the image alone; with only the naming questions bare 76.1%
 # (`tga_naming_bare`, 3 seeds; docs/miniature/rt_always holds that run). Inference keeps both: '+rt' rows
 # ask with the retrieved text, the others with the image alone.
-TGA = {"tga.weight": 1.0, "data.use_retrieved": True, "data.no_retrieved_pattern": NAMING,
+# lambda = 0.25, the reference code's coefficient of its image-caption term ((1 - t)/4 at t = 0): at lambda = 1
+# (`tga_w1`) the guidance cost naming from the image (seed 0, stage-2 lr 1e-2: 76.7% against plain's 81.7%;
+# 0.25: 81.7%; docs/miniature/levers/levers.json).
+TGA = {"tga.weight": 0.25, "data.use_retrieved": True, "data.no_retrieved_pattern": NAMING,
        "data.retrieved_dropout": 0.5}
 
 # name -> stage-2 overrides; 'tga.weight' is lambda. The ablations change one thing of TGA. reference_form is
@@ -105,8 +109,9 @@ TGA = {"tga.weight": 1.0, "data.use_retrieved": True, "data.no_retrieved_pattern
 VARIANTS = {
     "plain": {"tga.weight": 0.0, "data.use_retrieved": False},
     "tga": TGA,
+    "tga_w1": {**TGA, "tga.weight": 1.0},
     "retrieved_only": {**TGA, "tga.weight": 0.0},
-    "guide_only": {"tga.weight": 1.0, "data.use_retrieved": False},
+    "guide_only": {**TGA, "data.use_retrieved": False},
     "reference_form": {**TGA, "tga.form": "reference"},
     # TGA guiding the band that starts at the paper's Algorithm 1 activation layer (on text requests)
     # instead of the linear probe's first separating layer (keys starting with '_' are not config fields).
@@ -116,11 +121,13 @@ VARIANTS = {
     # Only the naming questions without it, or only half of the records (naming questions among them).
     "tga_naming_bare": {"tga.weight": 1.0, "data.use_retrieved": True, "data.no_retrieved_pattern": NAMING},
     "tga_rtdrop": {"tga.weight": 1.0, "data.use_retrieved": True, "data.retrieved_dropout": 0.5},
-    # The stage-2 learning rate as a lever on naming: the projector at 3e-4 and 1e-3 instead of 3e-3.
+    # The stage-2 learning rate as a lever on naming: the projector at 3e-4, 1e-3 and 3e-3 instead of 1e-2.
     "plain_lr3e-4": {"tga.weight": 0.0, "data.use_retrieved": False, "optimizer.learning_rate": 3e-4},
     "tga_lr3e-4": {**TGA, "optimizer.learning_rate": 3e-4},
     "plain_lr1e-3": {"tga.weight": 0.0, "data.use_retrieved": False, "optimizer.learning_rate": 1e-3},
     "tga_lr1e-3": {**TGA, "optimizer.learning_rate": 1e-3},
+    "plain_lr3e-3": {"tga.weight": 0.0, "data.use_retrieved": False, "optimizer.learning_rate": 3e-3},
+    "tga_lr3e-3": {**TGA, "optimizer.learning_rate": 3e-3},
     # The paper's stage 2 trains the LLM too: here through rank-8 LoRA on its attention and MLP
     # projections (the base weights stay frozen; the factors are merged on export), at a paper-like
     # rate for the LLM: 2e-5 (the paper fine-tunes everything at 2e-6). At the projector's stage-2 rate of the
