@@ -37,7 +37,7 @@ def get_config(arg: str = ""):
   # Stage 1 moves a fresh projector far in few steps: at 1e-3 its caption loss stays above 5 after 120
   # steps, at 1e-2 it reaches ~2. Stage 2 teaches the chat format to name what the image shows: at 3e-4 plain
   # named 37% of held-out benign renders, at 1e-3 72-75%, at 3e-3 83% (seed 0; docs/miniature/levers); from
-  # the warmup-stable-decay stage 1, plain named 56.7% at 1e-3, 73.3% at 3e-3, 81.7% at 1e-2 (levers.json).
+  # the warmup-stable-decay stage 1, plain named 56.7% at 1e-3, 73.3% at 3e-3, 81.7% at 1e-2 (stage2_lr_lambda.json).
   lr = a["lr"] or (1e-2 if a["stage"] == 1 else STAGE2_LR)
   first, _, last = a["band"].partition("-")
   root = a["root"]
@@ -99,7 +99,7 @@ NAMING = "|".join(re.escape(q) for q in NAMING_QUESTIONS)
 # ask with the retrieved text, the others with the image alone.
 # lambda = 0.25, the reference code's coefficient of its image-caption term ((1 - t)/4 at t = 0): at lambda = 1
 # (`tga_w1`) the guidance cost naming from the image (seed 0, stage-2 lr 1e-2: 76.7% against plain's 81.7%;
-# 0.25: 81.7%; docs/miniature/levers/levers.json).
+# 0.25: 81.7%; docs/miniature/levers/stage2_lr_lambda.json).
 TGA = {"tga.weight": 0.25, "data.use_retrieved": True, "data.no_retrieved_pattern": NAMING,
        "data.retrieved_dropout": 0.5}
 

@@ -30,8 +30,8 @@ NAMING_QUESTIONS = ("What object is shown here?", "Name the object in this pictu
 REFUSAL_PHRASES = ("sorry", "i cannot help", "i can't help", "cannot assist", "can't assist")
 
 
-ABLATIONS = ("tga_w1", "tga_rt_always", "tga_naming_bare", "tga_rtdrop", "retrieved_only", "guide_only", "reference_form",
-             "tga_alg1_band")
+ABLATIONS = ("tga_w1", "tga_rt_always", "tga_naming_bare", "tga_rtdrop", "retrieved_only", "guide_only",
+             "reference_form", "tga_alg1_band")
 
 
 LORA_VARIANTS = ("plain_lora", "tga_lora")  # the paper's stage 2 (the LLM trains too), on the first seed
