@@ -103,11 +103,14 @@ NAMING = "|".join(re.escape(q) for q in NAMING_QUESTIONS)
 TGA = {"tga.weight": 0.25, "data.use_retrieved": True, "data.no_retrieved_pattern": NAMING,
        "data.retrieved_dropout": 0.5}
 
+# lambda = 0: LLaVA's alignment, no guidance and no retrieved text.
+PLAIN = {"tga.weight": 0.0, "data.use_retrieved": False}
+
 # name -> stage-2 overrides; 'tga.weight' is lambda. The ablations change one thing of TGA. reference_form is
 # the reference code's loss made differentiable (as written there it has no gradient, which equals
 # `retrieved_only`).
 VARIANTS = {
-    "plain": {"tga.weight": 0.0, "data.use_retrieved": False},
+    "plain": PLAIN,
     "tga": TGA,
     "tga_w1": {**TGA, "tga.weight": 1.0},
     "retrieved_only": {**TGA, "tga.weight": 0.0},
@@ -122,16 +125,16 @@ VARIANTS = {
     "tga_naming_bare": {"tga.weight": 1.0, "data.use_retrieved": True, "data.no_retrieved_pattern": NAMING},
     "tga_rtdrop": {"tga.weight": 1.0, "data.use_retrieved": True, "data.retrieved_dropout": 0.5},
     # The stage-2 learning rate as a lever on naming: the projector at 3e-4, 1e-3 and 3e-3 instead of 1e-2.
-    "plain_lr3e-4": {"tga.weight": 0.0, "data.use_retrieved": False, "optimizer.learning_rate": 3e-4},
+    "plain_lr3e-4": {**PLAIN, "optimizer.learning_rate": 3e-4},
     "tga_lr3e-4": {**TGA, "optimizer.learning_rate": 3e-4},
-    "plain_lr1e-3": {"tga.weight": 0.0, "data.use_retrieved": False, "optimizer.learning_rate": 1e-3},
+    "plain_lr1e-3": {**PLAIN, "optimizer.learning_rate": 1e-3},
     "tga_lr1e-3": {**TGA, "optimizer.learning_rate": 1e-3},
-    "plain_lr3e-3": {"tga.weight": 0.0, "data.use_retrieved": False, "optimizer.learning_rate": 3e-3},
+    "plain_lr3e-3": {**PLAIN, "optimizer.learning_rate": 3e-3},
     "tga_lr3e-3": {**TGA, "optimizer.learning_rate": 3e-3},
     # The paper's stage 2 trains the LLM too: here through rank-8 LoRA on its attention and MLP
     # projections (the base weights stay frozen; the factors are merged on export), at a paper-like
     # rate for the LLM: 2e-5 (the paper fine-tunes everything at 2e-6). At the projector's stage-2 rate of the
     # time (1e-3), 40 steps of LoRA erased the text safety (docs/miniature/stage2_40steps, issue 16).
-    "plain_lora": {"tga.weight": 0.0, "data.use_retrieved": False, **LORA},
+    "plain_lora": {**PLAIN, **LORA},
     "tga_lora": {**TGA, **LORA},
 }
