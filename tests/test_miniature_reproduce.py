@@ -103,6 +103,11 @@ def test_reproduce_runs_every_stage_and_caches_them(parts, tmp_path, monkeypatch
   assert json.dumps(again["models"]) == json.dumps(results["models"])  # (NaN where no shared-template row)
   # Every stage took under a second, so each keeps the time of the run that computed it.
   assert again["timings"] == results["timings"]
+  # The LoRA pair's runs and evaluations are timed apart from what `make reproduce` alone costs.
+  timings = results["timings"]
+  assert {"align seed0 plain_lora", "align seed0 tga_lora", "evaluate", "evaluate extras"} <= set(timings)
+  assert timings["default_total"] == pytest.approx(timings["total"] - timings["align seed0 plain_lora"]
+                                                   - timings["align seed0 tga_lora"] - timings["evaluate extras"], abs=0.2)
 
 
 def test_refusal_and_concept_matching():
