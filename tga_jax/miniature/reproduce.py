@@ -89,7 +89,7 @@ def reproduce(work: str, seeds: list[int], scale: Scale, vision_dir: str = "", l
   # total below) stays what `make reproduce` alone costs however many extras a later rerun adds.
   evals = timed("evaluate", evaluate_all, work, {k: v for k, v in runs.items() if k not in extra_runs}, scale)
   if extra_runs:
-    evals.update(timed("evaluate extras", evaluate_all, work, {k: runs[k] for k in extra_runs}, scale))
+    evals.update(timed("evaluate extras", evaluate_all, work, {k: v for k, v in runs.items() if k in extra_runs}, scale))
   first = {k: v for k, v in runs.items() if k in (f"plain-s{seeds[0]}", f"tga-s{seeds[0]}")}
   analysis = timed("analysis", analyse, work, first, scale, band)
   parts = {"vision": load_json(os.path.join(vision_dir, "gate.json")) if os.path.exists(
