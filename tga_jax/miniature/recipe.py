@@ -34,6 +34,9 @@ ABLATIONS = ("tga_w1", "tga_rt_always", "tga_naming_bare", "tga_rtdrop", "retrie
              "reference_form", "tga_alg1_band")
 
 
+DEFAULT_VARIANTS = ("plain", "tga")  # on every seed: the run the time budget is set for
+
+
 LORA_VARIANTS = ("plain_lora", "tga_lora")  # the paper's stage 2 (the LLM trains too), on the first seed
 
 

@@ -42,7 +42,8 @@ from tga_jax.miniature.align import align
 from tga_jax.miniature.alignment_data import build_data
 from tga_jax.miniature.evaluation import evaluate_all
 from tga_jax.miniature.parts import build_llm, build_vision, choose_band
-from tga_jax.miniature.recipe import ABLATIONS, CONFIG, LORA_VARIANTS, SCALES, Scale, load_json, save_json
+from tga_jax.miniature.recipe import (ABLATIONS, CONFIG, DEFAULT_VARIANTS, LORA_VARIANTS, SCALES, Scale, load_json,
+                                      save_json)
 from tga_jax.miniature.report import analyse, report
 
 
@@ -75,22 +76,21 @@ def reproduce(work: str, seeds: list[int], scale: Scale, vision_dir: str = "", l
   _link(work, "safe_llm", llm_dir)
   band = timed("band", choose_band, work, llm_dir)
   data = timed("data", build_data, work, scale, vision_dir, llm_dir)
-  runs, extra_runs = {}, set()
+  default_runs, extra_runs = {}, {}  # label -> (workdir, trained with retrieved text), in the order they ran
   # An ablation 'name:k' runs on the first k seeds, a bare name on the first one.
   ablation_seeds = {a.partition(":")[0]: int(a.partition(":")[2] or 1) for a in ablations}
   for i, seed in enumerate(seeds):
     extra = (LORA_VARIANTS if lora and i == 0 else ()) + tuple(a for a, k in ablation_seeds.items() if i < k)
-    for variant in ("plain", "tga") + extra:
+    for variant in DEFAULT_VARIANTS + extra:
       workdir = timed(f"align seed{seed} {variant}", align, work, seed, variant, band, scale)
+      runs = default_runs if variant in DEFAULT_VARIANTS else extra_runs
       runs[f"{variant}-s{seed}"] = (workdir, bool(VARIANTS[variant]["data.use_retrieved"]))
-      if variant in extra:
-        extra_runs.add(f"{variant}-s{seed}")
   # The default run's models and the flags' extra ones are timed apart, so that 'evaluate' (and the default
   # total below) stays what `make reproduce` alone costs however many extras a later rerun adds.
-  evals = timed("evaluate", evaluate_all, work, {k: v for k, v in runs.items() if k not in extra_runs}, scale)
+  evals = timed("evaluate", evaluate_all, work, default_runs, scale)
   if extra_runs:
-    evals.update(timed("evaluate extras", evaluate_all, work, {k: v for k, v in runs.items() if k in extra_runs}, scale))
-  first = {k: v for k, v in runs.items() if k in (f"plain-s{seeds[0]}", f"tga-s{seeds[0]}")}
+    evals.update(timed("evaluate extras", evaluate_all, work, extra_runs, scale))
+  first = {k: v for k, v in default_runs.items() if k.endswith(f"-s{seeds[0]}")}
   analysis = timed("analysis", analyse, work, first, scale, band)
   parts = {"vision": load_json(os.path.join(vision_dir, "gate.json")) if os.path.exists(
       os.path.join(vision_dir, "gate.json")) else None,
@@ -99,7 +99,7 @@ def reproduce(work: str, seeds: list[int], scale: Scale, vision_dir: str = "", l
   results = report(work, seeds, evals, parts, band, data, analysis)
   # total: every stage recorded in this workdir; default_total: without the --lora/--ablations runs.
   extras = {name for name in timings if name == "evaluate extras" or (
-      name.startswith("align seed") and name.split()[-1] not in ("plain", "tga"))}
+      name.startswith("align seed") and name.split()[-1] not in DEFAULT_VARIANTS)}
   results["timings"] = dict(timings, total=round(sum(timings.values()), 1),
                             default_total=round(sum(v for k, v in timings.items() if k not in extras), 1))
   save_json(os.path.join(work, "results.json"), results)
