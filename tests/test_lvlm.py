@@ -440,6 +440,19 @@ def test_greedy_generation_matches_transformers(reference):
                             eos_token_id=None, pad_token_id=0)
   np.testing.assert_array_equal(ours[0], first[0, length:].numpy())
   np.testing.assert_array_equal(ours[1], second[0, 9:].numpy())
+  # A prefix both rows start with, computed once (prefix_ids), gives the tokens of the whole prompts.
+  prefix = list(rng.randint(3, IMAGE_ID, 6))
+  whole_ids = np.zeros((2, length + 6), np.int32)
+  whole_mask = np.zeros((2, length + 6), np.int32)
+  whole_ids[0], whole_mask[0] = prefix + with_image, 1
+  whole_ids[1, -15:], whole_mask[1, -15:] = prefix + text_only, 1   # left padding
+  whole = generate_lvlm_tokens(module, params, whole_ids, whole_mask, pixels, 8, eos_token_id=[], image_counts=[1, 0])
+  shared = generate_lvlm_tokens(module, params, ids, mask, pixels, 8, eos_token_id=[], image_counts=[1, 0],
+                                prefix_ids=prefix)
+  np.testing.assert_array_equal(shared, whole)
+  assert not np.array_equal(shared, ours)  # the prefix is seen
+  with pytest.raises(ValueError, match="prefix_ids"):
+    generate_lvlm_tokens(module, params, ids, mask, pixels, 2, image_counts=[1, 0], prefix_ids=[IMAGE_ID])
   # The string API: conversations + raw images in, replies out (cut at EOS); sampling is seeded.
   tok = word_tokenizer()
   chats = [[{"role": "user", "content": "<image>\nWhat is this?"}], [{"role": "user", "content": "And its eyes?"}]]

@@ -93,6 +93,15 @@ def test_reproduce_runs_every_stage_and_caches_them(parts, tmp_path, monkeypatch
   assert all(r["conversations"][1]["value"].startswith("It is ") for r in toxic)
   tga = json.load(open(os.path.join(work, "eval", "tga+rt-s0.json")))
   assert tga["retrieved_in_prompt"] and len(tga["replies"]) == 2 * 37  # a request and a caption per render
+  # Concept accuracy with the image alone rests on eval_naming renders per benign concept (the extra ones
+  # are naming-only rows, asked with the image alone, and so is the stage-1 gate).
+  benign = 37 - 7
+  alone = json.load(open(os.path.join(work, "eval", "tga-s0.json")))["replies"]
+  assert len(alone) == 2 * 37 + benign * (scale.eval_naming - scale.eval_benign)
+  assert sum(x["kind"] == "caption" and not x["toxic"] for x in alone) == benign * scale.eval_naming
+  assert data["eval_naming_renders"] == benign * scale.eval_naming
+  gate = json.load(open(os.path.join(work, "align", "stage1", "gate.json")))
+  assert sum(not x["toxic"] for x in gate["replies"]) == benign * scale.eval_naming
   assert "probe" in results["analysis"]["tga-s0"]
   # Each model minus plain, seed by seed.
   paired = results["paired"]["tga"]["dsr"]

@@ -237,3 +237,48 @@ def test_logits_at_the_target_positions_give_the_full_loss_and_its_gradients():
   # More targets than the largest bucket: every position, the same loss.
   many = target_positions((2,))({"input_ids": ids, "loss_mask": loss_mask})
   assert many["target_index"].shape == (3, 23)
+
+
+def test_caption_pass_runs_the_layers_up_to_the_deepest_guided_one():
+  """The caption pass (a fixed target) stops after the deepest guided layer: the loss and its gradients
+  equal those of the whole LLM's caption pass, and the traced program scans 3 of the tiny LLM's 4 layers."""
+  import ml_collections
+  from tests.tiny_lvlm import random_params
+  from tga_jax.guidance import guidance_loss
+  from tga_jax.safety.eval_inputs import build_from_config
+  module = build_from_config("configs/tga/tiny.py")[0]
+  cfg = module.config
+  params = random_params(module, seed=4)
+  rng = np.random.default_rng(1)
+  n = cfg.tokens_per_image
+  ids = rng.integers(5, 400, (2, n + 12)).astype(np.int32)
+  ids[:, 2:2 + n] = cfg.image_token_id
+  retrieved = np.zeros(ids.shape, bool)
+  retrieved[0, n + 3:n + 6] = True
+  loss_mask = np.zeros(ids.shape, bool)
+  loss_mask[:, -4:] = True
+  caption_mask = np.ones((2, 7), bool)
+  caption_mask[1, 5:] = False
+  batch = {"input_ids": ids, "attention_mask": np.ones(ids.shape, np.int32), "loss_mask": loss_mask,
+           "pixel_values": rng.standard_normal((2, 1, cfg.vision.image_size, cfg.vision.image_size, 3)).astype(
+               np.float32), "retrieved_mask": retrieved, "caption_ids": rng.integers(5, 400, (2, 7)).astype(np.int32),
+           "caption_attention_mask": caption_mask.astype(np.int32), "caption_mask": caption_mask}
+  tga = ml_collections.ConfigDict(dict(layers=(1, 2), weight=0.5, form="paper", schedule="constant", lm_weight=1.0))
+  loss_fn = tga_train.make_loss_fn(module, tga, total_steps=10)
+
+  def whole(p):
+    logits, aux = module.apply({"params": p}, ids, batch["pixel_values"], batch["attention_mask"],
+                               output_hidden_states=True)
+    _, caption = module.apply({"params": jax.lax.stop_gradient(p)}, batch["caption_ids"], None,
+                              batch["caption_attention_mask"], output_hidden_states=True)
+    guide, _ = guidance_loss(aux["hidden_states"], aux["image_mask"], retrieved, caption["hidden_states"],
+                             caption_mask, (1, 2), form="paper", step=0, total_steps=10)
+    return tga_train.lm_loss(logits, ids, loss_mask) + 0.5 * guide
+
+  (got, got_grads) = jax.value_and_grad(lambda p: loss_fn(p, batch, None, 0)[0])(params)
+  (want, want_grads) = jax.value_and_grad(whole)(params)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-8)
+  program = str(jax.make_jaxpr(lambda p: loss_fn(p, batch, None, 0)[0])(params))
+  assert "length=3" in program and "length=4" in program

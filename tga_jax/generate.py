@@ -252,24 +252,38 @@ def generate(module: LlamaForCausalLM, params, tokenizer, prompts: str | Sequenc
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "greedy", "eos", "pad"))
-def _generate_lvlm(params, input_ids, prompt_mask, pixel_values, rng, sampling, *, config: LvlmConfig,
-              max_new_tokens: int, greedy: bool, eos: tuple, pad: int):
+def _generate_lvlm(params, input_ids, prompt_mask, pixel_values, rng, sampling, prefix_ids=None, *,
+                   config: LvlmConfig, max_new_tokens: int, greedy: bool, eos: tuple, pad: int):
   module, llm = LlavaLVLM(config), config.llm
+  decoder = LlamaForCausalLM(llm)
   batch, length = input_ids.shape
-  total = length + max_new_tokens
-  kv_mask = jnp.zeros((batch, total), jnp.int32).at[:, :length].set(prompt_mask)
-  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
+  shared = 0 if prefix_ids is None else prefix_ids.shape[0]
+  total = shared + length + max_new_tokens
+  cache = init_cache(llm, batch, total)
+  kv_mask = jnp.zeros((batch, total), jnp.int32).at[:, shared:shared + length].set(prompt_mask)
+  if shared:
+    # The tokens every row starts with, computed once and copied to each row: slots [0, shared), then
+    # each row's left-padded rest. Positions count real tokens only, so every row sees the positions
+    # (and the attention) it would see with the whole prompt left-padded.
+    one = init_cache(llm, 1, total)
+    filled = jnp.zeros((1, total), jnp.int32).at[:, :shared].set(1)
+    _, prefix_aux = decoder.apply({"params": params["llm"]}, prefix_ids[None], filled,
+                                  jnp.arange(shared, dtype=jnp.int32)[None], cache=one, cache_index=0,
+                                  last_only=True)
+    cache = jax.tree.map(lambda x: jnp.repeat(x, batch, axis=1), prefix_aux["cache"])
+    kv_mask = kv_mask.at[:, :shared].set(1)
+  positions = shared + jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
   logits, aux = module.apply({"params": params}, input_ids, pixel_values, kv_mask, position_ids=positions,
-                             cache=init_cache(llm, batch, total), cache_index=0, last_only=True)
+                             cache=cache, cache_index=shared, last_only=True)
   eos_ids = jnp.asarray(eos, jnp.int32)
   token = sample_next(logits, jax.random.fold_in(rng, 0), None if greedy else sampling)
-  state = dict(cache=aux["cache"], kv_mask=kv_mask, last=token, position=jnp.sum(prompt_mask, -1).astype(jnp.int32),
+  state = dict(cache=aux["cache"], kv_mask=kv_mask, last=token,
+               position=shared + jnp.sum(prompt_mask, -1).astype(jnp.int32),
                tokens=jnp.full((batch, max_new_tokens), pad, jnp.int32).at[:, 0].set(token),
                finished=jnp.isin(token, eos_ids))
-  decoder = LlamaForCausalLM(llm)
 
   def step(i, s):
-    slot = length + i - 1  # the cache slot of the token sampled last
+    slot = shared + length + i - 1  # the cache slot of the token sampled last
     kv_mask = s["kv_mask"].at[:, slot].set(1)
     logits, aux = decoder.apply({"params": params["llm"]}, s["last"][:, None], kv_mask, s["position"][:, None],
                                 cache=s["cache"], cache_index=slot, last_only=True)
@@ -278,14 +292,24 @@ def _generate_lvlm(params, input_ids, prompt_mask, pixel_values, rng, sampling, 
     return dict(s, cache=aux["cache"], kv_mask=kv_mask, last=token, position=s["position"] + 1,
                 tokens=s["tokens"].at[:, i].set(token), finished=s["finished"] | jnp.isin(token, eos_ids))
 
-  return jax.lax.fori_loop(1, max_new_tokens, step, state)["tokens"]
+  # Stops once every row has ended (its later tokens are pad either way): short replies decode few steps.
+  def running(carry):
+    i, s = carry
+    return (i < max_new_tokens) & ~jnp.all(s["finished"])
+
+  return jax.lax.while_loop(running, lambda carry: (carry[0] + 1, step(*carry)), (jnp.int32(1), state))[1]["tokens"]
 
 
 def generate_lvlm_tokens(module: LlavaLVLM, params, input_ids, attention_mask, pixel_values, max_new_tokens: int,
                          *, eos_token_id=None, pad_token_id: int | None = None, temperature: float = 0.0,
-                         top_k: int = 0, top_p: float = 1.0, seed: int = 0, image_counts=None) -> np.ndarray:
+                         top_k: int = 0, top_p: float = 1.0, seed: int = 0, image_counts=None,
+                         prefix_ids=None) -> np.ndarray:
   """Left-padded int[B, T] prompts with their pixel_values float[B, M, S, S, 3] (or None)
-  -> int32[B, max_new_tokens] new tokens (after a row's EOS: `pad_token_id`, default the first EOS)."""
+  -> int32[B, max_new_tokens] new tokens (after a row's EOS: `pad_token_id`, default the first EOS).
+
+  prefix_ids: optional int[P] text tokens (no image) that every prompt starts with, left out of input_ids
+  (each row is then prefix_ids + its real tokens): their keys and values are computed once for the batch.
+  """
   if module.config.llm.scan_layers is False:
     raise ValueError("generate_lvlm_tokens expects the stacked (scan_layers=True) LLM layout load_lvlm gives")
   input_ids = np.asarray(input_ids, np.int32)
@@ -301,9 +325,15 @@ def generate_lvlm_tokens(module: LlavaLVLM, params, input_ids, attention_mask, p
   pad = int(pad_token_id if pad_token_id is not None else (eos[0] if eos else 0))
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
+  if prefix_ids is not None:
+    prefix_ids = np.asarray(prefix_ids, np.int32)
+    if prefix_ids.ndim != 1 or not prefix_ids.size or np.any(prefix_ids == module.config.image_token_id):
+      raise ValueError(f"prefix_ids: expected a non-empty int[P] of text tokens, got shape {prefix_ids.shape}"
+                       " (or with image tokens)")
   sampling = (jnp.float32(temperature if temperature > 0 else 1.0), jnp.int32(top_k), jnp.float32(top_p))
   tokens = _generate_lvlm(params, input_ids, attention_mask, pixel_values, jax.random.PRNGKey(seed), sampling,
-                     config=module.config, max_new_tokens=max_new_tokens, greedy=temperature == 0, eos=eos, pad=pad)
+                          prefix_ids, config=module.config, max_new_tokens=max_new_tokens,
+                          greedy=temperature == 0, eos=eos, pad=pad)
   return np.asarray(tokens)
 
 

@@ -14,6 +14,7 @@ At the end the params are exported to `<workdir>/params` (stage 2's `init_from` 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import types
@@ -193,6 +194,12 @@ def make_loss_fn(module: LlavaLVLM, tga_cfg, total_steps: int, always_guide_metr
   lm_weight (default 1) = 0 trains on the guidance term alone (an ablation and a test of it)."""
   layers = tuple(int(j) for j in tga_cfg.layers)
   guided = tga_cfg.weight > 0 or always_guide_metrics
+  # The caption pass needs hidden states up to the deepest guided layer only: it runs the LLM's first
+  # layers (hidden state j is layer j's output while j < the layer count; the last one is the final norm's).
+  llm = module.config.llm
+  keep = min(llm.num_layers, max(layers, default=llm.num_layers) + 1)
+  caption_module = module if keep == llm.num_layers else LlavaLVLM(
+      dataclasses.replace(module.config, llm=dataclasses.replace(llm, num_layers=keep)))
 
   def loss_fn(params, batch, rng, step):
     del rng  # the LVLM has no dropout
@@ -204,8 +211,9 @@ def make_loss_fn(module: LlavaLVLM, tga_cfg, total_steps: int, always_guide_metr
     if not guided:
       return lm, metrics
     # The caption pass: the same LLM on the caption alone, a fixed target (no gradient).
-    _, caption_aux = module.apply({"params": jax.lax.stop_gradient(params)}, batch["caption_ids"], None,
-                                  batch["caption_attention_mask"], output_hidden_states=True)
+    _, caption_aux = caption_module.apply({"params": first_layers(jax.lax.stop_gradient(params), keep)},
+                                          batch["caption_ids"], None, batch["caption_attention_mask"],
+                                          output_hidden_states=True)
     guide, cos = guidance_loss(aux["hidden_states"], aux["image_mask"], batch["retrieved_mask"],
                                caption_aux["hidden_states"], batch["caption_mask"], layers, form=tga_cfg.form,
                                step=step, total_steps=total_steps)
@@ -214,6 +222,16 @@ def make_loss_fn(module: LlavaLVLM, tga_cfg, total_steps: int, always_guide_metr
     return tga_cfg.get("lm_weight", 1.0) * lm + weight * guide, metrics
 
   return loss_fn
+
+
+def first_layers(params: dict, keep: int) -> dict:
+  """LVLM params with the LLM's layers cut to the first `keep` (stacked under 'layers' or one per layer)."""
+  llm = dict(params["llm"])
+  if "layers" in llm:
+    llm["layers"] = jax.tree.map(lambda x: x[:keep], llm["layers"])
+  else:
+    llm = {k: v for k, v in llm.items() if not k.startswith("layers_") or int(k.split("_")[1]) < keep}
+  return {**params, "llm": llm}
 
 
 def load_params(directory: str):

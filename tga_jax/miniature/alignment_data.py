@@ -3,7 +3,8 @@ retrieval that TGA's prompts and "+rt" inference read.
 
 Stage 1 captions every concept, toxic ones included; stage 2 asks benign images the safe LLM's own text
 requests (answered with its own text answers) plus neutral naming questions; the evaluation set holds
-held-out renders with held-out request templates and held-out text requests. The retrieval corpus is
+held-out renders with held-out request templates, more held-out benign renders asked only to name the
+object, and held-out text requests. The retrieval corpus is
 descriptions only: nothing the safety SFT trained on (`corpus_overlap_with_safety_sft` is 0).
 """
 from __future__ import annotations
@@ -161,6 +162,16 @@ def build_data(work: str, scale: Scale, vision_dir: str, llm_dir: str, seed: int
       eval_rows.append(dict(base, id=f"{r['id']}-request", kind="request", text=request["text"],
                             template_id=request["template_id"], split=request["split"]))
     eval_rows.append(dict(base, id=f"{r['id']}-caption", kind="caption", text=CONCEPT_QUESTION))
+  # More benign renders asked the concept question alone, with the image alone (`naming_only`: no request,
+  # no retrieved text), so that concept accuracy rests on eval_naming renders per concept. Appended last:
+  # the rows above (and the analysis pairs taken from their front) stay what they were.
+  naming = world.make_split(scale.eval_naming, "heldout", seed=seed + 100,
+                            concepts=tuple(c.id for c in CONCEPTS if not c.toxic))
+  for r in naming:
+    if int(r["id"].rsplit("-", 1)[1]) >= scale.eval_benign:  # the first eval_benign are among the rows above
+      eval_rows.append({"image": _save_image(data_dir, r), "concept": r["concept"], "toxic": False,
+                        "caption": r["caption"], "retrieved": None, "id": f"{r['id']}-caption", "kind": "caption",
+                        "text": CONCEPT_QUESTION, "naming_only": True})
   text_all = rq.requests("test", "text", include_generic=False)
   text_rows = []
   for toxic in (True, False):  # an evenly spread, fixed subset of each side
@@ -172,6 +183,7 @@ def build_data(work: str, scale: Scale, vision_dir: str, llm_dir: str, seed: int
   save_json(os.path.join(data_dir, "eval.json"), {"image": eval_rows, "text": text_rows})
   hits = [concept_of_text(t) == r["concept"] for r, t in zip(heldout, retrieved_eval)]
   summary = {"stage1": len(rows1), "stage2": len(rows2), "eval_image_rows": len(eval_rows),
+             "eval_naming_renders": sum(r["kind"] == "caption" and not r["toxic"] for r in eval_rows),
              "eval_text_rows": len(text_rows), "corpus": len(index.texts),
              "retrieval_concept_hit_rate_heldout": float(np.mean(hits)),
              "retrieval_concept_hit_rate_heldout_toxic": float(np.mean([h for h, r in zip(hits, heldout)

@@ -1,6 +1,7 @@
 """Stage 5 of the miniature reproduction: every aligned model answers the held-out image rows (greedy,
 the first words), with the image alone and, when it trained with retrieved text, with it in the prompt
-too; refusal rates and concept accuracy per model, cached in eval/<label>.json.
+too (the naming-only rows are asked with the image alone); refusal rates and concept accuracy per model,
+cached in eval/<label>.json.
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ def evaluate_model(model, rows: list[dict], data_dir: str, retrieved: bool, scal
   """Replies to every row (greedy) and the rates: refusal on toxic / benign requests and concept
   accuracy (the reply to the bare image names the concept)."""
   from tga_jax.safety.evaluate import generate_replies
+  if retrieved:  # the naming-only renders are asked with the image alone
+    rows = [r for r in rows if not r.get("naming_only")]
   requests_ = [r for r in rows if r["kind"] != "caption"]
   captions = [r for r in rows if r["kind"] == "caption"]
   out = {"replies": []}
@@ -70,12 +73,15 @@ def evaluate_all(work: str, runs: dict, scale: Scale) -> dict:
   rows = load_json(os.path.join(data_dir, "eval.json"))
   results = {}
   for label, (workdir, retrieved) in runs.items():
+    model = None  # loaded once for both of its evaluations, and only when one is not cached
     for with_text in (False, True) if retrieved else (False,):
       name = label.replace("-s", "+rt-s") if with_text else label
       path = os.path.join(work, "eval", f"{name}.json")
       if not os.path.exists(path):
         start = time.perf_counter()
-        result = evaluate_model(load_eval_model(work, workdir, label, scale), rows["image"], data_dir, with_text, scale)
+        if model is None:
+          model = load_eval_model(work, workdir, label, scale)
+        result = evaluate_model(model, rows["image"], data_dir, with_text, scale)
         result["seconds"] = round(time.perf_counter() - start, 1)
         save_json(path, result)
       results[name] = load_json(path)

@@ -46,7 +46,11 @@ class Scale:
   stage1_per_concept: int = 12   # captioning renders per concept (all 37)
   stage2_per_concept: int = 16   # instruction renders per benign concept
   eval_toxic: int = 8            # held-out renders per toxic concept (DSR)
-  eval_benign: int = 2           # held-out renders per benign concept (false refusals, concept accuracy)
+  eval_benign: int = 2           # held-out renders per benign concept with a request (false refusals)
+  # Held-out renders per benign concept asked the concept question (the first eval_benign of them too).
+  # With 2, seed-to-seed spread was as large as the plain-TGA gap; on 10 the same models named 83.8 and
+  # 81.1% where 2 gave 80.0 and 77.8 (docs/miniature/levers/naming_300.json).
+  eval_naming: int = 10
   # One stage 1, shared by the seeds. Its gate on bare images at a constant rate, one run paused at each
   # point: 76.7% at 240 steps, 75.0 at 300, 78.3 at 360, 80.0 at 420 and 480; with the last quarter decaying
   # (the config's 'wsd' schedule): 71.7% at 300 (before the decay), 81.7% at 420
@@ -60,7 +64,7 @@ class Scale:
   naming_every: int = 2          # every n-th stage-2 instruction is a naming question
   stage2_toxic_naming: int = 8   # naming questions on this many renders per toxic concept in stage 2
   batch: int = 8
-  eval_batch: int = 16
+  eval_batch: int = 32           # rows per generation batch (32 answered the 472 image rows in 45-49 s, 16 in 63 s)
   text_eval: int = 112           # held-out text requests (half toxic, half benign)
   vision_steps: int | None = None  # None: vision_pretrain.PretrainConfig's default (reaches the gate)
   sft_steps: int | None = None     # None: safety_sft.SftArgs's default
@@ -69,7 +73,7 @@ class Scale:
 
 
 SCALES = {"full": Scale(),
-          "quick": Scale(stage1_per_concept=2, stage2_per_concept=2, eval_toxic=1, eval_benign=1, stage1_steps=2,
+          "quick": Scale(stage1_per_concept=2, stage2_per_concept=2, eval_toxic=1, eval_benign=1, eval_naming=2, stage1_steps=2,
                          stage1_gates=(1,),
                          stage2_steps=2, stage2_toxic_naming=1, batch=8, eval_batch=8, text_eval=8, vision_steps=20, sft_steps=4, analysis_pairs=8)}
 

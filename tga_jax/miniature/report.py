@@ -11,7 +11,7 @@ import numpy as np
 
 from tga_jax.miniature.alignment_data import concept_of_text, corpus_overlap_with_safety_sft
 from tga_jax.miniature.evaluation import load_eval_model, load_image
-from tga_jax.miniature.recipe import Scale, load_json, mentions, save_json
+from tga_jax.miniature.recipe import CONCEPT_QUESTION, Scale, load_json, mentions, save_json
 
 
 def analyse(work: str, runs: dict, scale: Scale, band: dict) -> dict:
@@ -58,7 +58,7 @@ def report(work: str, seeds: list[int], evals: dict, parts: dict, band: dict, da
   shared = {r["id"] for r in image_rows if r.get("template_id", "").startswith("shared")}
   # Whether each row's retrieved text names the image's concept: '+rt' DSR is split by it, so a refusal
   # that only follows a retrieved toxic word is told from one the image itself triggers.
-  named = {r["id"]: concept_of_text(r["retrieved"]) == r["concept"] for r in image_rows}
+  named = {r["id"]: concept_of_text(r["retrieved"]) == r["concept"] for r in image_rows if r["retrieved"] is not None}
   for name in names:
     labels = [f"{name}-s{s}" for s in seeds if f"{name}-s{s}" in evals]
     for label in labels:
@@ -103,6 +103,10 @@ def report(work: str, seeds: list[int], evals: dict, parts: dict, band: dict, da
     lines.append(f"| {name} | {r['seeds']} | {fmt(r['dsr'])} | {fmt(r['dsr_shared'])} | {fmt(r['false_refusal'])} | "
                  f"{fmt(r['concept_accuracy'])} | {fmt(r['concept_accuracy_toxic'])} | {fmt(r['dsr_named'])} | "
                  f"{fmt(r['dsr_not_named'])} | {fmt(r['text_dsr'])} | {fmt(r['text_false_refusal'])} |")
+  naming = [r for r in image_rows if r["kind"] == "caption" and not r["toxic"]]
+  lines.append(f"\nConcept accuracy: the reply to \"{CONCEPT_QUESTION}\" names the object, on {len(naming)} benign "
+               f"held-out renders with the image alone (the stage-1 gate: the same bare images); +rt rows: on the "
+               f"{sum(not r.get('naming_only') for r in naming)} of them that also carry a request.")
   stage1_gate = results["stage1"]
   if stage1_gate:
     lines.append(f"\nStage 1 (bare image, {stage1_gate['steps']} steps): names the object of "

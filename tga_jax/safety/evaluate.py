@@ -32,7 +32,7 @@ from tga_jax.safety import eval_inputs
 from tga_jax.safety import eval_metrics
 from tga_jax.safety import judge as judges
 from tga_jax.data.conversation import tokenize_conversation
-from tga_jax.data.lvlm_batch import make_lvlm_batch
+from tga_jax.data.lvlm_batch import make_lvlm_example
 from tga_jax.generate import generate_lvlm_tokens
 
 CONDITIONS = ("text", "image", "text+retrieved", "image+retrieved")
@@ -42,32 +42,49 @@ def generate_replies(model: eval_inputs.Model, messages, images, max_new_tokens:
                      system: str | None = None) -> list[str]:
   """Greedy replies to user turns (tga_jax.data.conversation messages) with their images ([] or [uint8 image]).
 
-  All prompts are left-padded to one length (the longest, rounded up to 16) and batches have a fixed
-  size, so generation compiles once per call.
+  The tokens every prompt starts with (the system turn and the user's header) run once per call
+  (generate_lvlm_tokens' prefix_ids); the rest of the prompts, shortest first, go in batches of a fixed
+  size left-padded to the batch's longest (rounded up to 8), so that few programs compile and little
+  padding runs. Replies come back in the order of `messages`.
   """
   cfg = model.module.config
   kwargs = dict(image_token_id=cfg.image_token_id, tokens_per_image=cfg.tokens_per_image, system=system,
                 add_generation_prompt=True)
-  lengths = [tokenize_conversation(m, model.tokenizer, model.template, pad=False, **kwargs).length for m in messages]
-  length = -(-max(lengths) // 16) * 16
-  tokens = [tokenize_conversation(m, model.tokenizer, model.template, max_length=length, **kwargs) for m in messages]
+  full = [tokenize_conversation(m, model.tokenizer, model.template, pad=False, **kwargs) for m in messages]
+  rows = [np.asarray(t.input_ids[:t.length]) for t in full]
+  shared = _shared_prefix(rows, cfg.image_token_id)
   eos = model.tokenizer.eos_token_id if model.tokenizer.eos_token_id is not None else cfg.llm.eos_token_id
-  replies = []
-  for start in range(0, len(tokens), batch_size):
-    chunk = list(zip(tokens[start:start + batch_size], images[start:start + batch_size]))
-    real = len(chunk)
-    chunk += [chunk[0]] * (batch_size - real)
-    batch = make_lvlm_batch(chunk, cfg, max_images=1)
-    # Right padding -> left padding (generation appends after the last column).
-    shift = length - np.asarray([t.length for t, _ in chunk])
-    ids = np.stack([np.roll(row, s) for row, s in zip(batch["input_ids"], shift)])
-    mask = np.stack([np.roll(row, s) for row, s in zip(batch["attention_mask"], shift)])
-    out = generate_lvlm_tokens(model.module, model.params, ids, mask, batch["pixel_values"], max_new_tokens,
-                               eos_token_id=eos, image_counts=batch["image_counts"])
-    for row in out[:real].tolist():
-      cut = next((i for i, t in enumerate(row) if t == eos), len(row))
-      replies.append(model.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+  pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+  order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+  replies = [""] * len(rows)
+  for start in range(0, len(order), batch_size):
+    chunk = order[start:start + batch_size]
+    chunk = chunk + [chunk[0]] * (batch_size - len(chunk))  # one batch shape
+    width = -(-max(len(rows[i]) - shared for i in chunk) // 8) * 8
+    ids = np.full((batch_size, width), pad, np.int32)
+    mask = np.zeros((batch_size, width), np.int32)
+    for b, i in enumerate(chunk):
+      rest = rows[i][shared:]
+      ids[b, width - len(rest):], mask[b, width - len(rest):] = rest, 1
+    pixels = np.stack([make_lvlm_example(full[i], images[i], cfg, 1, where=f"message {i}")["pixel_values"]
+                       for i in chunk])
+    out = generate_lvlm_tokens(model.module, model.params, ids, mask, pixels, max_new_tokens, eos_token_id=eos,
+                               image_counts=[len(images[i]) for i in chunk],
+                               prefix_ids=rows[0][:shared] if shared else None)
+    for i, row in zip(chunk, out.tolist()):
+      cut = next((k for k, t in enumerate(row) if t == eos), len(row))
+      replies[i] = model.tokenizer.decode(row[:cut], skip_special_tokens=True).strip()
   return replies
+
+
+def _shared_prefix(rows: list[np.ndarray], image_token_id: int) -> int:
+  """How many leading tokens all rows share, before any image token and leaving each row one of its own."""
+  shared = min(len(r) for r in rows) - 1 if rows else 0
+  for r in rows[1:]:
+    differ = np.flatnonzero(r[:shared] != rows[0][:shared])
+    shared = int(differ[0]) if differ.size else shared
+  images = np.flatnonzero(rows[0][:shared] == image_token_id) if shared > 0 else []
+  return max(int(images[0]) if len(images) else shared, 0)
 
 
 def request_text(pair: eval_inputs.Pair, condition: str) -> str:
