@@ -154,9 +154,9 @@ def test_evaluate_cli_rejects_bad_input(tmp_path):
 
 
 @pytest.mark.slow
-def test_fixed_length_generation_equals_generate_lvlm(tmp_path):
-  """evaluate.generate_replies pads every prompt to one length (one compiled program); its greedy
-  replies must be generate_lvlm's, which pads each batch to its own longest prompt."""
+def test_shared_prefix_generation_equals_generate_lvlm(tmp_path):
+  """evaluate.generate_replies runs the prompts' common prefix (here the system turn) once and the rest in
+  length-sorted batches; its greedy replies must be generate_lvlm's, which runs each whole prompt."""
   from tests.tiny_lvlm import save_random_workdir
   from tga_jax.safety import eval_inputs
   from tga_jax.safety import evaluate
@@ -170,3 +170,14 @@ def test_fixed_length_generation_equals_generate_lvlm(tmp_path):
   reference = generate_lvlm(model.module, model.params, model.tokenizer, messages, images, model.template,
                             max_new_tokens=6, system="Be safe.")
   assert all(ours) and ours == [r.strip() for r in reference]
+
+
+def test_shared_prefix_stops_at_the_first_difference_image_or_last_token():
+  import numpy as np
+  from tga_jax.safety.evaluate import _shared_prefix
+  rows = lambda *xs: [np.asarray(x) for x in xs]  # noqa: E731
+  assert _shared_prefix(rows([1, 2, 3, 9], [1, 2, 3, 4, 5]), image_token_id=-200) == 3
+  assert _shared_prefix(rows([1, 2, -200, 7], [1, 2, -200, 8]), image_token_id=-200) == 2
+  assert _shared_prefix(rows([1, 2], [1, 2, 3]), image_token_id=-200) == 1  # each row keeps a token of its own
+  assert _shared_prefix(rows([5, 2], [1, 2]), image_token_id=-200) == 0
+  assert _shared_prefix(rows([4, 4, 4]), image_token_id=-200) == 2
