@@ -1,5 +1,6 @@
 """Concept accuracy of a make reproduce run's stage 1 and its plain/TGA models on 10 held-out renders per benign
-concept (the table has 2): writes naming_300.json's models (before the summary that file adds per variant).
+concept (the table then had 2; since, make reproduce asks these same 300 itself: Scale.eval_naming): writes
+naming_300.json's models (before the summary that file adds per variant).
 
     python docs/miniature/levers/naming_300.py --workdir <make reproduce's workdir> --out <new folder>
 """
