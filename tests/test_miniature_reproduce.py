@@ -173,3 +173,18 @@ def test_ablation_names_are_checked_against_the_config(capsys):
     with pytest.raises(SystemExit):
       reproduce.main(["--ablations", bad])
     assert f"['{bad}'] are not variants of configs/tga/miniature.py" in capsys.readouterr().err
+
+
+def test_paired_concept_accuracy_compares_the_renders_both_models_were_asked():
+  from tga_jax.miniature.report import paired_differences
+
+  def evaluation(named, extra=()):
+    replies = [dict(id=f"r{i}", kind="caption", concept="cup", toxic=False, reply="a cup" if ok else "a hat")
+               for i, ok in enumerate(named)] + [dict(id=f"n{i}", kind="caption", concept="cup", toxic=False,
+                                                      reply="a cup" if ok else "a hat") for i, ok in enumerate(extra)]
+    flags = list(named) + list(extra)
+    return dict(replies=replies, dsr=0.5, dsr_shared=0.5, false_refusal=0.0, concept_accuracy=sum(flags) / len(flags))
+
+  evals = {"plain-s0": evaluation([1, 0], extra=[1, 1, 1, 1, 1, 1]), "tga+rt-s0": evaluation([1, 1])}
+  diff = paired_differences(evals, ["plain", "tga+rt"], [0])["tga+rt"]["concept_accuracy"]
+  assert diff["per_seed"]["0"] == pytest.approx(0.5)  # on r0, r1: 1.0 against 0.5 (not against plain's 7/8)

@@ -139,9 +139,20 @@ def paired_differences(evals: dict, names: list[str], seeds: list[int]) -> dict:
     if both:
       out[name] = {}
       for metric in ("dsr", "dsr_shared", "false_refusal", "concept_accuracy"):
-        diffs = [evals[f"{name}-s{s}"][metric] - evals[f"plain-s{s}"][metric] for s in both]
+        diffs = [_difference(evals[f"{name}-s{s}"], evals[f"plain-s{s}"], metric) for s in both]
         out[name][metric] = dict(per_seed=dict(zip(map(str, both), diffs)), **mean_std(diffs))
   return out
+
+
+def _difference(model: dict, plain: dict, metric: str) -> float:
+  """model - plain; concept accuracy on the renders both were asked (a '+rt' evaluation skips the
+  naming-only rows, so it is compared with plain's answers on its own renders)."""
+  if metric != "concept_accuracy":
+    return model[metric] - plain[metric]
+  named = [{x["id"]: mentions(x["reply"], x["concept"]) for x in e["replies"] if x["kind"] == "caption" and not x["toxic"]}
+           for e in (model, plain)]
+  both = [i for i in named[0] if i in named[1]]
+  return rate([named[0][i] for i in both]) - rate([named[1][i] for i in both])
 
 
 def seen_split(replies: list[dict]) -> dict:
