@@ -167,8 +167,9 @@ def build_data(work: str, scale: Scale, vision_dir: str, llm_dir: str, seed: int
   # the rows above (and the analysis pairs taken from their front) stay what they were.
   naming = world.make_split(scale.eval_naming, "heldout", seed=seed + 100,
                             concepts=tuple(c.id for c in CONCEPTS if not c.toxic))
+  asked = {r["id"] for r in heldout}  # the first eval_benign of each concept are among the rows above
   for r in naming:
-    if int(r["id"].rsplit("-", 1)[1]) >= scale.eval_benign:  # the first eval_benign are among the rows above
+    if r["id"] not in asked:
       eval_rows.append({"image": _save_image(data_dir, r), "concept": r["concept"], "toxic": False,
                         "caption": r["caption"], "retrieved": None, "id": f"{r['id']}-caption", "kind": "caption",
                         "text": CONCEPT_QUESTION, "naming_only": True})

@@ -33,7 +33,7 @@ from tga_jax.safety import eval_metrics
 from tga_jax.safety import judge as judges
 from tga_jax.data.conversation import tokenize_conversation
 from tga_jax.data.lvlm_batch import make_lvlm_example
-from tga_jax.generate import generate_lvlm_tokens
+from tga_jax.generate import generate_lvlm_tokens, left_pad
 
 CONDITIONS = ("text", "image", "text+retrieved", "image+retrieved")
 
@@ -60,12 +60,7 @@ def generate_replies(model: eval_inputs.Model, messages, images, max_new_tokens:
   for start in range(0, len(order), batch_size):
     chunk = order[start:start + batch_size]
     chunk = chunk + [chunk[0]] * (batch_size - len(chunk))  # one batch shape
-    width = -(-max(len(rows[i]) - shared for i in chunk) // 8) * 8
-    ids = np.full((batch_size, width), pad, np.int32)
-    mask = np.zeros((batch_size, width), np.int32)
-    for b, i in enumerate(chunk):
-      rest = rows[i][shared:]
-      ids[b, width - len(rest):], mask[b, width - len(rest):] = rest, 1
+    ids, mask = left_pad([rows[i][shared:] for i in chunk], pad, multiple=8)
     pixels = np.stack([make_lvlm_example(full[i], images[i], cfg, 1, where=f"message {i}")["pixel_values"]
                        for i in chunk])
     out = generate_lvlm_tokens(model.module, model.params, ids, mask, pixels, max_new_tokens, eos_token_id=eos,
@@ -83,8 +78,8 @@ def _shared_prefix(rows: list[np.ndarray], image_token_id: int) -> int:
   for r in rows[1:]:
     differ = np.flatnonzero(r[:shared] != rows[0][:shared])
     shared = int(differ[0]) if differ.size else shared
-  images = np.flatnonzero(rows[0][:shared] == image_token_id) if shared > 0 else []
-  return max(int(images[0]) if len(images) else shared, 0)
+  images = np.flatnonzero(rows[0][:max(shared, 0)] == image_token_id)
+  return int(images[0]) if images.size else max(shared, 0)
 
 
 def request_text(pair: eval_inputs.Pair, condition: str) -> str:
