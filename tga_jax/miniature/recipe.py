@@ -64,7 +64,7 @@ class Scale:
   naming_every: int = 2          # every n-th stage-2 instruction is a naming question
   stage2_toxic_naming: int = 8   # naming questions on this many renders per toxic concept in stage 2
   batch: int = 8
-  eval_batch: int = 32           # rows per generation batch (32 answered the 472 image rows in 45-49 s, 16 in 63 s)
+  eval_batch: int = 32           # rows per generation batch (fewer decode steps than at 16, the same replies)
   text_eval: int = 112           # held-out text requests (half toxic, half benign)
   vision_steps: int | None = None  # None: vision_pretrain.PretrainConfig's default (reaches the gate)
   sft_steps: int | None = None     # None: safety_sft.SftArgs's default
